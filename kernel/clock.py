@@ -1,0 +1,111 @@
+"""Injectable clocks: server time is the billing time (SPEC §3), so tests and the demo move it.
+
+``SystemClock`` is production. ``ManualClock`` is for in-process tests. ``FileClock`` lets a demo or
+a test drive the time of a live server process: it reads an ISO-8601 UTC instant from a file and
+adds the wall time elapsed since that file was written, so time keeps flowing (events get distinct
+buckets) while the driver can jump a month ahead by rewriting the file. It is only used when
+``REVKERNEL_CLOCK=file:<path>`` is set explicitly; never set it in production.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+__all__ = [
+    "Clock",
+    "FileClock",
+    "ManualClock",
+    "SystemClock",
+    "clock_from_spec",
+    "format_utc",
+    "parse_utc",
+    "write_clock_file",
+]
+
+
+class Clock(Protocol):
+    def now(self) -> datetime:
+        """Return the current instant, timezone-aware UTC."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+class ManualClock:
+    """A clock that stands still until told to move (thread-safe)."""
+
+    def __init__(self, start: datetime) -> None:
+        self._now = _require_aware(start)
+        self._lock = threading.Lock()
+
+    def now(self) -> datetime:
+        with self._lock:
+            return self._now
+
+    def set(self, instant: datetime) -> None:
+        with self._lock:
+            self._now = _require_aware(instant)
+
+    def advance(self, delta: timedelta) -> None:
+        with self._lock:
+            self._now = self._now + delta
+
+
+class FileClock:
+    """Time = instant written in ``path`` + wall time elapsed since the file was written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cache: tuple[float, datetime] | None = None
+
+    def now(self) -> datetime:
+        stat = os.stat(self.path)
+        if self._cache is None or self._cache[0] != stat.st_mtime:
+            base = parse_utc(self.path.read_text(encoding="utf-8").strip())
+            self._cache = (stat.st_mtime, base)
+        mtime, base = self._cache
+        elapsed_s = max(0.0, time.time() - mtime)
+        return base + timedelta(seconds=elapsed_s)
+
+
+def write_clock_file(path: Path, instant: datetime) -> None:
+    """Point every ``FileClock`` reading ``path`` at ``instant`` (atomically)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(format_utc(instant), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def clock_from_spec(spec: str) -> Clock:
+    """Build a clock from ``system`` or ``file:<path>`` (the ``REVKERNEL_CLOCK`` setting)."""
+    if spec in ("", "system"):
+        return SystemClock()
+    if spec.startswith("file:"):
+        return FileClock(Path(spec.removeprefix("file:")))
+    from kernel.errors import ConfigError
+
+    raise ConfigError(f"REVKERNEL_CLOCK must be 'system' or 'file:<path>', not {spec!r}")
+
+
+def format_utc(instant: datetime) -> str:
+    """Format as ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (the CSV and hash format of SPEC §4.3, §5)."""
+    return _require_aware(instant).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_utc(text: str) -> datetime:
+    """Parse an ISO-8601 instant that names its offset; naive input is refused."""
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return _require_aware(parsed).astimezone(UTC)
+
+
+def _require_aware(instant: datetime) -> datetime:
+    if instant.tzinfo is None or instant.utcoffset() is None:
+        raise ValueError(f"naive datetime refused: {instant!r}")
+    return instant

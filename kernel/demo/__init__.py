@@ -1,0 +1,64 @@
+"""`revkernel demo` / `make demo`: the whole product on deterministic demo data.
+
+The demo is a pipeline of steps, each a function of the ``DemoRun``; every step is safe to run
+again (a second `make demo` changes nothing that the first one made).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kernel.db import migrations
+from kernel.db.connect import Database
+from kernel.demo.tenants import DEMO_SITES, demo_token, ensure_demo_tenants
+from kernel.settings import Settings
+
+__all__ = ["DEMO_SITES", "DemoRun", "demo_steps", "run_demo"]
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class DemoRun:
+    settings: Settings
+    db: Database
+    echo: Echo
+    notes: list[str] = field(default_factory=list)
+
+
+def _step_database(run: DemoRun) -> None:
+    with run.db.connect("owner") as conn:
+        applied = migrations.migrate(conn)
+    where = "embedded PostgreSQL" if run.settings.embedded else "DATABASE_URL"
+    run.echo(f"database: {where} ready, {len(applied)} migration(s) applied now")
+
+
+def _step_tenants(run: DemoRun) -> None:
+    with run.db.transaction("app") as conn:
+        created = ensure_demo_tenants(conn)
+    run.echo("demo sites:")
+    for demo, new in created:
+        state = "created" if new else "exists "
+        run.echo(f"  {state} {demo.public_id:<14} {demo.site_id}  {demo.story}")
+    run.notes.append(f"platform admin demo token: {demo_token('admin')}")
+
+
+def demo_steps() -> list[tuple[str, Callable[[DemoRun], None]]]:
+    """The demo pipeline in order; later capabilities append their steps here."""
+    return [
+        ("database", _step_database),
+        ("tenants", _step_tenants),
+    ]
+
+
+def run_demo(settings: Settings, echo: Echo) -> DemoRun:
+    run = DemoRun(settings=settings, db=Database(settings), echo=echo)
+    for _, step in demo_steps():
+        step(run)
+    echo("")
+    for note in run.notes:
+        echo(note)
+    echo(f"connect with psql: psql '{run.db.uri('owner')}'")
+    echo("next: `make test` runs the suite; `.venv/bin/revkernel --help` lists every command")
+    return run
