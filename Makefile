@@ -28,14 +28,17 @@ test: venv ## Run the whole test suite (real PostgreSQL, Redis, HTTP)
 	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 lint: venv ## ruff, mypy --strict on kernel/, migration lint (squawk + additive rules)
-	$(BIN)/ruff check kernel tests
-	$(BIN)/ruff format --check kernel tests
+	$(BIN)/ruff check kernel tests bench
+	$(BIN)/ruff format --check kernel tests bench
 	$(BIN)/mypy
 	$(BIN)/revkernel db lint
 
 fmt: venv ## Format the code with ruff
 	$(BIN)/ruff format kernel tests
 	$(BIN)/ruff check --fix kernel tests
+
+bench: venv ## Run the benchmarks (not part of test); results in reports/bench/*.json
+	$(BIN)/python -m bench $(BENCH)
 
 db-stop: venv ## Stop the embedded PostgreSQL
 	$(BIN)/revkernel db stop

@@ -1,0 +1,84 @@
+"""Litestar app factory: wires the routers, nothing else.
+
+``create_app`` opens the app-role connection pool on startup after checking that the database
+schema is current (runbook: migration first, then deploy), and closes it on shutdown.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Litestar, Request, get
+from litestar.openapi import OpenAPIConfig
+from psycopg_pool import AsyncConnectionPool
+
+from kernel import __version__
+from kernel.clock import Clock, clock_from_spec
+from kernel.db import migrations
+from kernel.db.connect import Database
+from kernel.settings import Settings, get_settings
+from kernel.web import AppState, app_state, error_response, exception_handlers, stamp_headers
+
+__all__ = ["create_app"]
+
+POOL_MIN_SIZE = 2
+POOL_MAX_SIZE = 16
+POOL_TIMEOUT_S = 5.0
+
+
+@get("/healthz", include_in_schema=True, tags=["operations"])
+async def healthz() -> dict[str, Any]:
+    """Liveness: the process answers."""
+    return {"ok": True, "status": "alive"}
+
+
+@get("/readyz", tags=["operations"])
+async def readyz(request: Request[Any, Any, Any]) -> Any:
+    """Readiness: the store of record answers."""
+    state = app_state(request)
+    try:
+        async with state.require_pool().connection(timeout=2.0) as conn:
+            await conn.execute("SELECT 1")
+    except Exception as exc:
+        return error_response(503, "not_ready", f"database unavailable: {type(exc).__name__}")
+    return {"ok": True, "status": "ready"}
+
+
+def route_handlers() -> list[Any]:
+    """Every router of the service; each bounded context contributes its handlers."""
+    handlers: list[Any] = [healthz, readyz]
+    return handlers
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> Litestar:
+    settings = settings or get_settings()
+    state = AppState(settings=settings, clock=clock or clock_from_spec(settings.clock), db=Database(settings))
+
+    async def open_pool(app: Litestar) -> None:
+        # Refuse to serve on a schema older than the code (checked as the owner, once).
+        with state.db.connect("owner") as conn:
+            migrations.require_current(conn)
+        pool = AsyncConnectionPool(
+            state.db.conninfo("app"),
+            min_size=POOL_MIN_SIZE,
+            max_size=POOL_MAX_SIZE,
+            timeout=POOL_TIMEOUT_S,
+            open=False,
+            kwargs={"autocommit": True},
+        )
+        await pool.open(wait=False)
+        state.pool = pool
+
+    async def close_pool(app: Litestar) -> None:
+        if state.pool is not None:
+            await state.pool.close()
+
+    return Litestar(
+        route_handlers=route_handlers(),
+        on_startup=[open_pool],
+        on_shutdown=[close_pool],
+        before_send=[stamp_headers(settings.commit)],
+        exception_handlers=exception_handlers,
+        openapi_config=OpenAPIConfig(title="Revenue kernel", version=__version__),
+        state={"kernel": state},  # type: ignore[arg-type]
+    )
