@@ -45,4 +45,4 @@ class BenchContext:
         owner = role_conninfo(self.server, dbname=name)
         with psycopg.connect(owner) as conn:
             migrations.migrate(conn)
-        return Settings(database_url=owner, data_dir=self.data_dir / name, cron_secret="bench-secret-0123456789")
+        return Settings(database_url=owner, data_dir=self.data_dir / name, cron_secret="bench-secret-0123456789")  # noqa: S106 (bench-only server)
