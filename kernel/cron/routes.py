@@ -1,0 +1,171 @@
+"""HTTP surface of the crons (SPEC §4.2) and of the snapshot public keys. HTTP only: the work is
+done by the same functions the CLI and the scheduler call, in a worker thread."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import anyio.to_thread
+import psycopg
+from litestar import Request, Response, get, post, route
+from litestar.params import Parameter
+
+from kernel.cron.auth import CRON_FORBIDDEN_BODY, cron_authorized
+from kernel.cron.jobs import run_named
+from kernel.cron.keystore import public_keys
+from kernel.cron.reconcile import backfill, enqueue, run_jobs
+from kernel.cron.runs import CronContext, CronResult, run_cron
+from kernel.cron.watchtower import watchtower_without_database
+from kernel.errors import DatabaseUnavailable
+from kernel.web import AppState, app_state, bearer_token
+
+__all__ = ["cron_handlers"]
+
+# The SPEC §4.2 bodies; a failed run keeps its error details on top of these.
+_RUN_KEYS = ("ok", "processed", "completed", "failed")
+_FREEZE_KEYS = ("ok", "year_month", "frozen", "already_frozen")
+_WATCHTOWER_KEYS = ("ok", "status", "checks")
+
+Json = Response[dict[str, Any]]
+
+
+def _forbidden() -> Json:
+    return Response(dict(CRON_FORBIDDEN_BODY), status_code=403, media_type="application/json")
+
+
+def _ctx(state: AppState) -> CronContext:
+    return CronContext(state.settings, state.clock, state.db, trigger="http")
+
+
+def _authorized(request: Request[Any, Any, Any]) -> AppState | None:
+    state = app_state(request)
+    return state if cron_authorized(state.settings.cron_secret, bearer_token(request)) else None
+
+
+def _answer(result: CronResult, keys: tuple[str, ...] | None = None, failure_status: int = 500) -> Json:
+    ok = bool(result.get("ok"))
+    body = dict(result)
+    if ok and keys is not None:
+        body = {k: result[k] for k in keys if k in result}
+    if not ok:
+        body.setdefault("error", "cron_failed")
+    return Response(body, status_code=200 if ok else failure_status, media_type="application/json")
+
+
+@get("/api/cron/watchtower", tags=["cron"])
+async def cron_watchtower(request: Request[Any, Any, Any]) -> Json:
+    """Health and dead man's switch: 200 ok/degraded, 503 alarm/critical."""
+    state = _authorized(request)
+    if state is None:
+        return _forbidden()
+    ctx = _ctx(state)
+    try:
+        result = await anyio.to_thread.run_sync(partial(run_named, ctx, "watchtower"))
+    except DatabaseUnavailable as exc:
+        result = watchtower_without_database(ctx, exc.message)
+    except psycopg.OperationalError as exc:  # the server went away mid-check
+        result = watchtower_without_database(ctx, f"{type(exc).__name__}: {exc}")
+    return _answer(result, _WATCHTOWER_KEYS, failure_status=503)
+
+
+@route("/api/cron/reconcile-usage", http_method=["GET", "POST"], tags=["cron"])
+async def cron_reconcile(request: Request[Any, Any, Any]) -> Json:
+    """One cycle: arm a job for every unfrozen site-month, then run the pending jobs."""
+    state = _authorized(request)
+    if state is None:
+        return _forbidden()
+    result = await anyio.to_thread.run_sync(partial(run_named, _ctx(state), "reconcile-usage"))
+    return _answer(result, ("ok", "enqueued", *_RUN_KEYS[1:]))
+
+
+@route("/api/cron/reconcile-usage/enqueue", http_method=["GET", "POST"], tags=["cron"])
+async def cron_reconcile_enqueue(request: Request[Any, Any, Any]) -> Json:
+    """Arm (or re-arm) a PENDING job for every unfrozen site-month."""
+    state = _authorized(request)
+    if state is None:
+        return _forbidden()
+    result = await anyio.to_thread.run_sync(partial(run_cron, _ctx(state), "reconcile-usage", enqueue))
+    return _answer(result, ("ok", "enqueued"))
+
+
+@post("/api/cron/reconcile-usage/run", tags=["cron"], status_code=200)
+async def cron_reconcile_run(request: Request[Any, Any, Any]) -> Json:
+    """Process the pending jobs: ``{"ok": true, "processed", "completed", "failed"}``."""
+    state = _authorized(request)
+    if state is None:
+        return _forbidden()
+    result = await anyio.to_thread.run_sync(partial(run_cron, _ctx(state), "reconcile-usage", run_jobs))
+    return _answer(result, _RUN_KEYS)
+
+
+@post("/api/cron/reconcile-usage/backfill", tags=["cron"], status_code=200)
+async def cron_reconcile_backfill(request: Request[Any, Any, Any]) -> Json:
+    """Arm a job for every unfrozen site-month found in the ledger itself (full scan)."""
+    state = _authorized(request)
+    if state is None:
+        return _forbidden()
+    result = await anyio.to_thread.run_sync(partial(run_cron, _ctx(state), "reconcile-usage", backfill))
+    return _answer(result, ("ok", "enqueued"))
+
+
+@post("/api/cron/invoice-freeze", tags=["cron"], status_code=200)
+async def cron_invoice_freeze(
+    request: Request[Any, Any, Any],
+    year_month: str | None = Parameter(default=None, description="YYYY-MM; default: the previous month"),
+) -> Json:
+    """Snapshot a closed month: ``{"ok", "year_month", "frozen", "already_frozen"}``; open month → 409."""
+    state = _authorized(request)
+    if state is None:
+        return _forbidden()
+    result = await anyio.to_thread.run_sync(partial(run_named, _ctx(state), "invoice-freeze", year_month=year_month))
+    return _answer(result, _FREEZE_KEYS)
+
+
+@post("/api/cron/idempotency-cleanup", tags=["cron"], status_code=200)
+async def cron_idempotency_cleanup(
+    request: Request[Any, Any, Any],
+    dry_run: bool = Parameter(default=False, description="true: change nothing, list what would go"),
+) -> Json:
+    """Delete expired ledger rows of archived, frozen, unheld months (≤ 10,000 per run)."""
+    state = _authorized(request)
+    if state is None:
+        return _forbidden()
+    result = await anyio.to_thread.run_sync(partial(run_named, _ctx(state), "idempotency-cleanup", dry_run=dry_run))
+    return _answer(result)
+
+
+@post("/api/cron/publish-outbox", tags=["cron"], status_code=200)
+async def cron_publish_outbox(request: Request[Any, Any, Any]) -> Json:
+    """The outbox relay: deliver pending rows to the configured sink, in order per site."""
+    state = _authorized(request)
+    if state is None:
+        return _forbidden()
+    result = await anyio.to_thread.run_sync(partial(run_named, _ctx(state), "publish-outbox"))
+    return _answer(result)
+
+
+@get("/api/billing/public-keys", tags=["billing"])
+async def billing_public_keys(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """Every Ed25519 public key that signed invoice snapshots here (public: verifiers need them)."""
+    state = app_state(request)
+
+    def load() -> list[dict[str, str]]:
+        with state.db.connect("app", autocommit=True) as conn:
+            return public_keys(conn)
+
+    return {"ok": True, "algorithm": "ed25519", "keys": await anyio.to_thread.run_sync(load)}
+
+
+def cron_handlers() -> list[Any]:
+    return [
+        cron_watchtower,
+        cron_reconcile,
+        cron_reconcile_enqueue,
+        cron_reconcile_run,
+        cron_reconcile_backfill,
+        cron_invoice_freeze,
+        cron_idempotency_cleanup,
+        cron_publish_outbox,
+        billing_public_keys,
+    ]
