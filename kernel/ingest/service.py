@@ -1,0 +1,476 @@
+"""The ingest pipeline of SPEC §4.1: one function owns the order, helpers compute.
+
+Order, per request: size → auth → rate limit → validate → classify → ledger transaction → respond.
+
+Decisions written down here (SPEC is silent on them):
+- A keyed request is authenticated before its body is parsed. A keyless request (deployed browser
+  trackers) names its site in the body (``s``), so its JSON is parsed as part of auth: bad JSON is
+  then a 400 before any 401. Schema validation (422) always comes after the rate limit.
+- ``s`` (top level or on any event) naming another site → 403 ``site_mismatch``, nothing written.
+- Keyless requests are accepted only for sites with ``ingest_auth = 'public'`` and an ``Origin``
+  on the site's allowlist; a keyed site with an allowlist refuses other browser origins (403
+  ``origin_not_allowed``); a keyed site without an allowlist does not check ``Origin`` and gets no
+  CORS headers (server-to-server use).
+- ``Idempotency-Key`` names one event: sent with a batch it is a 422 (use ``event_id`` per event).
+  The header wins over ``event_id`` for a single event.
+- A duplicate counts ``dedup_count`` of the month it arrives in (the site-month row the ledger
+  transaction holds), also when it turns out to be a 409 conflict: it is the count of requests
+  that hit an existing key. Duplicates are never counted, billed or published again.
+- A duplicate of a quota-rejected event stays rejected, also next month: the ledger row is the
+  evidence, and re-admitting it would move usage into another month. A new event needs a new key.
+- ``billing_disabled`` (mode ``off`` or ``BILLING_ENABLED=false``) wins over the non-billable
+  classes; such events carry no quota header (nothing is metered).
+- Shadow mode answers 200 like an accepted event, with the quota remaining it computed.
+- Site and key lookups are cached per process for ``SITE_CACHE_TTL_S``: a revoked key is refused
+  within that time (the plan itself is always read inside the ledger transaction, so quota and
+  billing mode are exact at once).
+- The database unreachable for auth is the same 500 ``billing_gate_closed`` as a failed ledger write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from kernel import metrics
+from kernel.ingest import queries
+from kernel.ingest.keys import KeyedEvent, keyed_event, server_ms
+from kernel.ingest.queries import LedgerResult
+from kernel.ingest.ratelimit import SiteRateLimiter
+from kernel.ingest.schemas import MAX_BODY_BYTES, SchemaViolation, decode_json, to_events
+from kernel.months import next_month_start
+from kernel.tenants.keys import hash_secret
+from kernel.tenants.sites import Site
+from kernel.web import AppState
+
+__all__ = [
+    "EXPOSED_HEADERS",
+    "Decision",
+    "IngestCall",
+    "IngestRuntime",
+    "Reply",
+    "decide",
+    "handle_ingest",
+    "preflight_allowed",
+    "runtime_of",
+]
+
+_log = logging.getLogger("kernel.ingest")
+
+PUBLIC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,63}$")  # sites.public_id (migration 0001)
+SITE_CACHE_TTL_S = 2.0
+LEDGER_TIMEOUT_S = 5.0  # the whole ledger call; past it the query is cancelled and the gate closes (500)
+SITE_CACHE_MAX_ENTRIES = 10_000
+EXTRAS_KEY = "ingest"
+
+H_QUOTA_REMAINING = "x-opsmantik-quota-remaining"
+H_QUOTA_EXCEEDED = "x-opsmantik-quota-exceeded"
+H_OVERAGE = "x-opsmantik-overage"
+H_DEDUP = "x-opsmantik-dedup"
+H_RATELIMIT = "x-opsmantik-ratelimit"
+H_DEGRADED = "x-opsmantik-degraded"
+EXPOSED_HEADERS = ", ".join(
+    [H_QUOTA_REMAINING, H_QUOTA_EXCEEDED, H_OVERAGE, H_DEDUP, H_RATELIMIT, H_DEGRADED, "retry-after", "x-request-id"]
+)
+
+
+@dataclass(frozen=True)
+class IngestCall:
+    """The HTTP request, reduced to what the pipeline reads."""
+
+    body: bytes
+    bearer: str | None
+    origin: str | None
+    idempotency_key: str | None
+    request_id: str
+
+
+@dataclass
+class Reply:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+    cors_origin: str | None = None  # echo in Access-Control-Allow-Origin
+    outcome: str = "error"  # metric label
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The billing decision for one new event (the Python twin of ``queries.WRITE_EVENT``)."""
+
+    billable: bool
+    billing_state: str
+    billing_reason: str
+    response_status: int
+    quota_remaining: int | None
+
+
+def decide(
+    *,
+    position: int,
+    quota_limit: int,
+    hard_cap: int,
+    billing_mode: str,
+    billing_enabled: bool,
+    event_class: str | None,
+) -> Decision:
+    """Decide an event that is the ``position``-th billable candidate of its month (SPEC §4.1)."""
+    if not billing_enabled or billing_mode == "off":
+        return Decision(False, "ACCEPTED", "billing_disabled", 200, None)
+    if event_class is not None:
+        return Decision(False, "ACCEPTED", event_class, 200, max(quota_limit - (position - 1), 0))
+    if position <= quota_limit:
+        verdict = "within_quota"
+    elif position <= hard_cap:
+        verdict = "overage"
+    else:
+        verdict = "rejected_quota"
+    if billing_mode == "shadow":
+        return Decision(True, "ACCEPTED", f"shadow_{verdict}", 200, max(quota_limit - position, 0))
+    if verdict == "within_quota":
+        return Decision(True, "ACCEPTED", verdict, 200, quota_limit - position)
+    if verdict == "overage":
+        return Decision(True, "OVERAGE", verdict, 200, 0)
+    return Decision(False, "REJECTED_QUOTA", verdict, 429, 0)
+
+
+class SiteDirectory:
+    """Per-process cache of site lookups by key hash and by public id (``SITE_CACHE_TTL_S``)."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str], tuple[float, Site | None]] = {}
+        self._origins: dict[str, tuple[float, bool]] = {}
+
+    async def lookup(self, pool: AsyncConnectionPool, kind: str, value: str) -> Site | None:
+        entry = self._entries.get((kind, value))
+        now = time.monotonic()
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        async with pool.connection() as conn:
+            if kind == "key":
+                site = await queries.site_by_key_hash(conn, value)
+            else:
+                site = await queries.site_by_public_id(conn, value)
+        if len(self._entries) >= SITE_CACHE_MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[(kind, value)] = (now + SITE_CACHE_TTL_S, site)
+        return site
+
+    async def origin_allowed(self, pool: AsyncConnectionPool, origin: str) -> bool:
+        entry = self._origins.get(origin)
+        now = time.monotonic()
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        async with pool.connection() as conn:
+            allowed = await queries.origin_is_allowed(conn, origin)
+        if len(self._origins) >= SITE_CACHE_MAX_ENTRIES:
+            self._origins.clear()
+        self._origins[origin] = (now + SITE_CACHE_TTL_S, allowed)
+        return allowed
+
+
+@dataclass
+class IngestRuntime:
+    """Per-process state of ingest: site cache and rate limiter (kept in ``AppState.extras``)."""
+
+    sites: SiteDirectory
+    limiter: SiteRateLimiter
+
+    async def close(self) -> None:
+        await self.limiter.close()
+
+
+def runtime_of(state: AppState) -> IngestRuntime:
+    runtime = state.extras.get(EXTRAS_KEY)
+    if runtime is None:
+        prefix = state.settings.extra.get("REVKERNEL_REDIS_PREFIX", "rk")
+        runtime = IngestRuntime(SiteDirectory(), SiteRateLimiter(state.settings.redis_url, state.clock, prefix=prefix))
+        state.extras[EXTRAS_KEY] = runtime
+    assert isinstance(runtime, IngestRuntime)
+    return runtime
+
+
+class _Stop(Exception):
+    """Ends the pipeline early with a reply (an error answer, never a bug)."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.status)
+        self.reply = reply
+
+
+def _error(status: int, code: str, message: str, *, outcome: str, **extra: Any) -> _Stop:
+    body: dict[str, Any] = {"ok": False, "status": code, "error": code, "message": message, **extra}
+    return _Stop(Reply(status, body, outcome=outcome))
+
+
+def _gate_closed(site_id: uuid.UUID | None, what: str, exc: BaseException) -> _Stop:
+    metrics.GATE_CLOSED.inc()
+    _log.error("billing gate closed for site %s: %s failed: %s: %s", site_id, what, type(exc).__name__, exc)
+    reply = Reply(
+        500,
+        {"ok": False, "status": "billing_gate_closed", "error": "billing_gate_closed"},
+        outcome="gate_closed",
+    )
+    return _Stop(reply)
+
+
+async def handle_ingest(state: AppState, call: IngestCall) -> Reply:
+    """Run one ``POST /api/sync`` through the whole pipeline and return the answer."""
+    try:
+        return await _pipeline(state, call)
+    except _Stop as stop:
+        return stop.reply
+
+
+async def _pipeline(state: AppState, call: IngestCall) -> Reply:
+    runtime = runtime_of(state)
+    pool = state.require_pool()
+    # 1. size
+    if len(call.body) > MAX_BODY_BYTES:
+        raise _error(413, "payload_too_large", f"the body must be at most {MAX_BODY_BYTES} bytes", outcome="invalid")
+    # 2. auth
+    document: Any = None
+    if call.bearer is not None:
+        site = await _lookup(runtime, pool, "key", hash_secret(call.bearer))
+        if site is None:
+            raise _error(401, "unauthorized", "unknown or revoked ingest key", outcome="unauthorized")
+        if call.origin is not None and site.allowed_origins and call.origin not in site.allowed_origins:
+            raise _error(403, "origin_not_allowed", "this origin may not send events for the site", outcome="forbidden")
+        document = _parse(call.body)
+    else:
+        document = _parse(call.body)
+        site = await _public_site(runtime, pool, document, call.origin)
+    cors_origin = call.origin if call.origin is not None and call.origin in site.allowed_origins else None
+    _check_site_refs(document, site)
+    # 3. rate limit (one unit per request, a batch included)
+    decision = await runtime.limiter.hit(site.id, site.rate_limit_per_minute)
+    extra_headers: dict[str, str] = {}
+    if decision.degraded:
+        metrics.RATELIMIT_DEGRADED.inc()
+        extra_headers[H_DEGRADED] = "ratelimit_local"
+    try:
+        if not decision.allowed:
+            metrics.INGEST_RATE_LIMITED.inc()
+            stop = _error(429, "rate_limited", "rate limit per minute exceeded for this site", outcome="rate_limited")
+            # Golden rule 5: the rate-limit 429 never carries a quota header.
+            stop.reply.headers.update({H_RATELIMIT: "1", "retry-after": str(decision.retry_after_s)})
+            raise stop
+        # 4. validate, 5. classify and key
+        now = state.clock.now()
+        keyed, is_batch = _validate(document, site, call, server_ms(now))
+        # 6. ledger transaction
+        results = await _write(state, pool, site, now, call.request_id, keyed)
+        # 7. respond
+        reply = _batch_reply(keyed, results, now) if is_batch else _single_reply(keyed[0], results[0], now)
+    except _Stop as stop:
+        stop.reply.headers.update(extra_headers)
+        stop.reply.cors_origin = cors_origin
+        raise
+    reply.headers.update(extra_headers)
+    reply.cors_origin = cors_origin
+    return reply
+
+
+def _parse(body: bytes) -> Any:
+    try:
+        return decode_json(body)
+    except msgspec.DecodeError as exc:
+        raise _error(400, "invalid_json", f"the body is not valid JSON: {exc}", outcome="invalid") from exc
+    except UnicodeDecodeError as exc:
+        raise _error(400, "invalid_json", f"the body is not UTF-8: {exc.reason}", outcome="invalid") from exc
+    except RecursionError as exc:
+        raise _error(400, "invalid_json", "the body is nested too deeply", outcome="invalid") from exc
+
+
+async def _lookup(runtime: IngestRuntime, pool: AsyncConnectionPool, kind: str, value: str) -> Site | None:
+    try:
+        return await runtime.sites.lookup(pool, kind, value)
+    except (psycopg.Error, PoolTimeout, OSError) as exc:
+        raise _gate_closed(None, "site lookup", exc) from exc
+
+
+async def _public_site(runtime: IngestRuntime, pool: AsyncConnectionPool, document: Any, origin: str | None) -> Site:
+    ref = _site_ref(document)
+    site = await _lookup(runtime, pool, "public", ref) if ref and PUBLIC_ID.match(ref) else None
+    if site is None or site.ingest_auth != "public" or origin is None:
+        raise _error(
+            401, "unauthorized", "missing ingest key: send Authorization: Bearer <key>", outcome="unauthorized"
+        )
+    if origin not in site.allowed_origins:
+        raise _error(403, "origin_not_allowed", "this origin may not send events for the site", outcome="forbidden")
+    return site
+
+
+def _site_ref(document: Any) -> str | None:
+    if not isinstance(document, dict):
+        return None
+    ref = document.get("s")
+    if ref is None and isinstance(document.get("events"), list) and document["events"]:
+        first = document["events"][0]
+        ref = first.get("s") if isinstance(first, dict) else None
+    return ref if isinstance(ref, str) and ref else None
+
+
+def _check_site_refs(document: Any, site: Site) -> None:
+    if not isinstance(document, dict):
+        return
+    refs = [document.get("s")]
+    if isinstance(document.get("events"), list):
+        refs += [e.get("s") for e in document["events"] if isinstance(e, dict)]
+    for ref in refs:
+        if isinstance(ref, str) and ref != site.public_id:
+            raise _error(403, "site_mismatch", "s names another site than the ingest key's", outcome="forbidden")
+
+
+def _validate(document: Any, site: Site, call: IngestCall, now_ms: int) -> tuple[list[KeyedEvent], bool]:
+    try:
+        events, is_batch, _ = to_events(document)
+        if is_batch and call.idempotency_key is not None:
+            raise SchemaViolation("Idempotency-Key", "a batch takes one event_id per event, not an Idempotency-Key")
+        keyed = [
+            keyed_event(
+                event,
+                site_id=site.id,
+                now_ms=now_ms,
+                header_key=call.idempotency_key,
+                field_prefix=f"events[{i}]." if is_batch else "",
+            )
+            for i, event in enumerate(events)
+        ]
+    except SchemaViolation as exc:
+        raise _error(422, "invalid_event", f"{exc.field}: {exc.message}", outcome="invalid", field=exc.field) from exc
+    return keyed, is_batch
+
+
+async def _write(
+    state: AppState, pool: AsyncConnectionPool, site: Site, now: datetime, request_id: str, keyed: list[KeyedEvent]
+) -> list[LedgerResult]:
+    try:
+        async with asyncio.timeout(LEDGER_TIMEOUT_S), pool.connection() as conn:
+            results = await queries.write_events(
+                conn,
+                site_id=site.id,
+                now=now,
+                request_id=request_id,
+                billing_enabled=state.settings.billing_enabled,
+                events=keyed,
+            )
+            complete: list[LedgerResult] = []
+            for event, result in zip(keyed, results, strict=True):
+                if result is None:
+                    # The original of a duplicate vanished before it was read: read it again.
+                    result = await queries.read_original(conn, site.id, event.idempotency_key)
+                    if result is None:
+                        raise RuntimeError(f"key {event.idempotency_key} conflicted but has no ledger row")
+                complete.append(result)
+    except (psycopg.Error, PoolTimeout, OSError, RuntimeError, TimeoutError) as exc:
+        raise _gate_closed(site.id, "ledger transaction", exc) from exc
+    return complete
+
+
+def _status_name(response_status: int) -> str:
+    return "rejected_quota" if response_status == 429 else "accepted"
+
+
+def _retry_after_month_s(now: datetime) -> int:
+    return max(1, math.ceil((next_month_start(now) - now).total_seconds()))
+
+
+def _quota_headers(result: LedgerResult, now: datetime) -> dict[str, str]:
+    if result.billing_state == "REJECTED_QUOTA":
+        return {H_QUOTA_EXCEEDED: "1", H_QUOTA_REMAINING: "0", "retry-after": str(_retry_after_month_s(now))}
+    headers: dict[str, str] = {}
+    if result.billing_state == "OVERAGE":
+        headers[H_OVERAGE] = "true"
+    if result.quota_remaining is not None:
+        headers[H_QUOTA_REMAINING] = str(result.quota_remaining)
+    return headers
+
+
+def _outcome(result: LedgerResult) -> dict[str, Any]:
+    return {
+        "status": _status_name(result.response_status),
+        "billing_state": result.billing_state,
+        "billable": result.billable,
+        "billing_reason": result.billing_reason,
+        "quota_remaining": result.quota_remaining,
+    }
+
+
+def _event_result(event: KeyedEvent, result: LedgerResult) -> tuple[str, dict[str, Any]]:
+    """(kind, per-event body) where kind is new / duplicate / conflict; counts the metrics."""
+    key = {"idempotency_key": event.idempotency_key, "idempotency_version": event.idempotency_version}
+    if result.inserted:
+        if result.billing_state == "REJECTED_QUOTA":
+            metrics.INGEST_REJECTED_QUOTA.inc()
+        else:
+            metrics.INGEST_ALLOWED.inc()
+            if result.billing_state == "OVERAGE":
+                metrics.INGEST_OVERAGE.inc()
+        return "new", {**_outcome(result), **key}
+    if event.idempotency_version == 2 and result.payload_hash != event.payload_hash:
+        metrics.INGEST_CONFLICT.inc()
+        return "conflict", {"status": "idempotency_conflict", **key}
+    metrics.INGEST_DUPLICATE.inc()
+    return "duplicate", {"status": "duplicate", "original": _outcome(result), **key}
+
+
+def _single_reply(event: KeyedEvent, result: LedgerResult, now: datetime) -> Reply:
+    kind, body = _event_result(event, result)
+    if kind == "conflict":
+        body.update(ok=False, error="idempotency_conflict", message="this key was used with another payload")
+        return Reply(409, body, {H_DEDUP: "1"}, outcome="conflict")
+    headers = _quota_headers(result, now)
+    rejected = result.response_status == 429
+    if kind == "duplicate":
+        headers[H_DEDUP] = "1"
+    body["ok"] = not rejected
+    if rejected:
+        body.update(error="quota_exceeded", message="monthly quota exceeded; retry after the month ends")
+    outcome = kind if kind == "duplicate" else ("rejected_quota" if rejected else "accepted")
+    return Reply(result.response_status, body, headers, outcome=outcome)
+
+
+def _batch_reply(events: list[KeyedEvent], results: list[LedgerResult], now: datetime) -> Reply:
+    counts = {"accepted": 0, "rejected_quota": 0, "duplicate": 0, "idempotency_conflict": 0}
+    items: list[dict[str, Any]] = []
+    headers: dict[str, str] = {}
+    for index, (event, result) in enumerate(zip(events, results, strict=True)):
+        kind, body = _event_result(event, result)
+        items.append({"index": index, **body})
+        if kind == "new":
+            counts[body["status"]] += 1
+            # Aggregate quota headers: the latest state of the month after this batch.
+            if result.billing_state == "REJECTED_QUOTA":
+                headers.update(_quota_headers(result, now))
+            else:
+                headers.pop(H_QUOTA_EXCEEDED, None)
+                headers.pop("retry-after", None)
+                if result.quota_remaining is not None:
+                    headers[H_QUOTA_REMAINING] = str(result.quota_remaining)
+                if result.billing_state == "OVERAGE":
+                    headers[H_OVERAGE] = "true"
+        else:
+            counts["duplicate" if kind == "duplicate" else "idempotency_conflict"] += 1
+            headers[H_DEDUP] = "1"
+    body = {"ok": True, "status": "batch", "results": items, "counts": counts}
+    return Reply(200, body, headers, outcome="batch")
+
+
+async def preflight_allowed(state: AppState, origin: str) -> bool:
+    """Whether a CORS preflight from ``origin`` may proceed (some site allows that origin)."""
+    try:
+        return await runtime_of(state).sites.origin_allowed(state.require_pool(), origin)
+    except (psycopg.Error, PoolTimeout, OSError):
+        return False
