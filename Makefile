@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test lint fmt bench lab clean db-stop
+.PHONY: help venv demo test lint fmt bench lab clean db-stop gate fuzz chaos
 
 help: ## List the tasks
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,6 +39,23 @@ fmt: venv ## Format the code with ruff
 
 bench: venv ## Run the benchmarks (not part of test); results in reports/bench/*.json
 	$(BIN)/python -m bench $(BENCH)
+
+lab: venv ## JupyterLab on notebooks/, as the read-only analyst role on the demo database
+	$(BIN)/python -m ipykernel install --sys-prefix --name revkernel --display-name "Python (revkernel)"
+	$(BIN)/revkernel db up
+	ANALYST_DATABASE_URL="$$($(BIN)/revkernel db url --role analyst)" \
+		$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --no-browser \
+		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+gate: venv ## Release gate (runbook §3): tests, migration lint, invariants; evidence in reports/gate/
+	$(BIN)/revkernel gate
+
+fuzz: venv ## Deep schemathesis fuzzing of the whole HTTP API (FUZZ_MAX_EXAMPLES, default 200); reports/fuzz/*.json
+	FUZZ_MAX_EXAMPLES=$${FUZZ_MAX_EXAMPLES:-200} FUZZ_RANDOM=1 FUZZ_REPORT_DIR=reports/fuzz $(BIN)/python -m pytest -p no:cacheprovider \
+		tests/hardening/test_fuzz_openapi.py -o addopts="--strict-markers --strict-config -ra" --timeout=3600
+
+chaos: venv ## Chaos drill: 2 workers, kill -9, PostgreSQL/Redis/sink restarts; reports/chaos/*.json
+	$(BIN)/revkernel chaos
 
 db-stop: venv ## Stop the embedded PostgreSQL
 	$(BIN)/revkernel db stop

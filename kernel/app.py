@@ -6,6 +6,8 @@ schema is current (runbook: migration first, then deploy), and closes it on shut
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from litestar import Litestar, Request, get
@@ -16,6 +18,8 @@ from kernel import __version__
 from kernel.clock import Clock, clock_from_spec
 from kernel.db import migrations
 from kernel.db.connect import Database
+from kernel.errors import DatabaseUnavailable
+from kernel.ingest.routes import close_ingest
 from kernel.settings import Settings, get_settings
 from kernel.web import AppState, app_state, error_response, exception_handlers, stamp_headers
 
@@ -24,6 +28,24 @@ __all__ = ["create_app"]
 POOL_MIN_SIZE = 2
 POOL_MAX_SIZE = 16
 POOL_TIMEOUT_S = 5.0
+# A worker (re)started while PostgreSQL restarts waits for it instead of failing its startup:
+# uvicorn stops the whole service when one worker fails to start (found by `make chaos`).
+STARTUP_DB_WAIT_S = 60.0
+STARTUP_DB_RETRY_S = 0.5
+
+
+async def _wait_for_schema(db: Database) -> None:
+    """Check the schema as soon as the database answers; a stale schema is refused at once."""
+    deadline = time.monotonic() + STARTUP_DB_WAIT_S
+    while True:
+        try:
+            with db.connect("owner") as conn:
+                migrations.require_current(conn)
+            return
+        except DatabaseUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(STARTUP_DB_RETRY_S)
 
 
 @get("/healthz", include_in_schema=True, tags=["operations"])
@@ -47,6 +69,16 @@ async def readyz(request: Request[Any, Any, Any]) -> Any:
 def route_handlers() -> list[Any]:
     """Every router of the service; each bounded context contributes its handlers."""
     handlers: list[Any] = [healthz, readyz]
+    from kernel.export.routes import export_route_handlers
+
+    handlers += export_route_handlers()
+    from kernel.ingest.routes import ingest_handlers
+    from kernel.metrics import metrics_endpoint
+
+    handlers += [*ingest_handlers(), metrics_endpoint]
+    from kernel.cron.routes import cron_handlers
+
+    handlers += cron_handlers()
     return handlers
 
 
@@ -56,8 +88,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
 
     async def open_pool(app: Litestar) -> None:
         # Refuse to serve on a schema older than the code (checked as the owner, once).
-        with state.db.connect("owner") as conn:
-            migrations.require_current(conn)
+        await _wait_for_schema(state.db)
         pool = AsyncConnectionPool(
             state.db.conninfo("app"),
             min_size=POOL_MIN_SIZE,
@@ -73,10 +104,13 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
         if state.pool is not None:
             await state.pool.close()
 
+    from kernel.cron.scheduler import scheduler_hooks
+
+    start_scheduler, stop_scheduler = scheduler_hooks(state)  # no-ops unless REVKERNEL_SCHEDULER=1
     return Litestar(
         route_handlers=route_handlers(),
-        on_startup=[open_pool],
-        on_shutdown=[close_pool],
+        on_startup=[open_pool, start_scheduler],
+        on_shutdown=[stop_scheduler, close_ingest, close_pool],
         before_send=[stamp_headers(settings.commit)],
         exception_handlers=exception_handlers,
         openapi_config=OpenAPIConfig(title="Revenue kernel", version=__version__),

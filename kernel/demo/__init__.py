@@ -44,11 +44,40 @@ def _step_tenants(run: DemoRun) -> None:
     run.notes.append(f"platform admin demo token: {demo_token('admin')}")
 
 
+def _step_traffic(run: DemoRun) -> None:
+    from kernel.demo.traffic import run_traffic
+
+    run_traffic(run)
+
+
+def _step_crons(run: DemoRun) -> None:
+    from kernel.cron.demo import run_cron_demo
+
+    run_cron_demo(run)
+
+
+def _step_dispute(run: DemoRun) -> None:
+    from kernel.export.demo import run_dispute_demo
+
+    run_dispute_demo(run)
+
+
+def _step_reports(run: DemoRun) -> None:
+    # Last: renders the demo month after traffic, crons and freeze have run.
+    from kernel.reporting.demo import render_demo_reports
+
+    render_demo_reports(run)
+
+
 def demo_steps() -> list[tuple[str, Callable[[DemoRun], None]]]:
     """The demo pipeline in order; later capabilities append their steps here."""
     return [
         ("database", _step_database),
         ("tenants", _step_tenants),
+        ("traffic", _step_traffic),
+        ("crons", _step_crons),
+        ("dispute", _step_dispute),
+        ("reports", _step_reports),
     ]
 
 
