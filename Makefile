@@ -38,6 +38,10 @@ fmt: venv ## Format the code with ruff
 	$(BIN)/ruff check --fix kernel tests
 
 bench: venv ## Run the benchmarks (not part of test); results in reports/bench/*.json
+	@# The ingest benchmark drives HTTP with wrk (a Debian package); install it when we can.
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq wrk >/dev/null); } || \
+		echo "note: wrk is not installed; the ingest benchmark will say so (apt-get install wrk)"
 	$(BIN)/python -m bench $(BENCH)
 
 lab: venv ## JupyterLab on notebooks/, as the read-only analyst role on the demo database

@@ -31,6 +31,7 @@ from typing import Any
 import psycopg
 
 from kernel.cron.runs import CronContext, CronResult
+from kernel.export.csv import EXPORT_COLUMNS
 from kernel.ledger import RootBuilder, leaf_bytes
 
 __all__ = [
@@ -47,19 +48,8 @@ _log = logging.getLogger("kernel.cron.cleanup")
 RETENTION = timedelta(days=90)
 CLEANUP_MAX_ROWS_PER_RUN = 10_000
 ARCHIVE_READ_CHUNK_BYTES = 1 << 20
-ARCHIVE_COLUMNS = (
-    "idempotency_key",
-    "created_at",
-    "year_month",
-    "billable",
-    "billing_state",
-    "billing_reason",
-    "event_category",
-    "event_action",
-    "event_label",
-    "payload_hash",
-    "idempotency_version",
-)
+# The archive holds the dispute CSV's columns, so one reader and one verifier serve both.
+ARCHIVE_COLUMNS = EXPORT_COLUMNS
 _ARCHIVE_SQL = """
 COPY (
     SELECT idempotency_key,

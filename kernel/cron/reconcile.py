@@ -62,57 +62,46 @@ def _mirror(ctx: CronContext) -> redis.Redis[bytes] | None:
     )
 
 
+# Arms (or re-arms) a PENDING job for each candidate site-month that is not frozen yet;
+# COMPLETED and FAILED jobs are re-armed, PENDING and PROCESSING ones are left alone.
+_ARM_JOBS = """
+WITH candidates AS ({candidates}), armed AS (
+    INSERT INTO billing_reconciliation_jobs (site_id, year_month, status, created_at, updated_at)
+    SELECT c.site_id, c.year_month, 'PENDING', %(now)s, %(now)s
+    FROM candidates c
+    WHERE NOT EXISTS (
+        SELECT 1 FROM invoice_snapshot s WHERE s.site_id = c.site_id AND s.year_month = c.year_month)
+    ON CONFLICT (site_id, year_month) DO UPDATE
+        SET status = 'PENDING', updated_at = EXCLUDED.updated_at, last_error = NULL
+        WHERE billing_reconciliation_jobs.status IN ('COMPLETED', 'FAILED')
+    RETURNING 1
+)
+SELECT count(*) FROM armed
+"""
+_COUNTED_MONTHS = """
+    SELECT site_id, year_month FROM site_usage_monthly
+    UNION
+    SELECT id, m FROM sites CROSS JOIN (VALUES (%(current)s), (%(previous)s)) AS months(m)
+"""
+_LEDGER_MONTHS = "SELECT DISTINCT site_id, year_month FROM ingest_idempotency"
+
+
+def _arm(conn: psycopg.Connection[Any], candidates: str, params: dict[str, Any]) -> int:
+    row = conn.execute(_ARM_JOBS.format(candidates=candidates), params).fetchone()
+    return int(row[0]) if row else 0
+
+
 def enqueue_jobs(conn: psycopg.Connection[Any], now: datetime) -> int:
     """Arm a PENDING job for every unfrozen site-month that has counters, plus every site's current
     and previous month; COMPLETED and FAILED jobs are re-armed. Returns the jobs armed now."""
-    current, previous = year_month_of(now), previous_year_month(now)
-    rows = conn.execute(
-        """
-        WITH candidates AS (
-            SELECT site_id, year_month FROM site_usage_monthly
-            UNION
-            SELECT id, m FROM sites CROSS JOIN (VALUES (%(current)s), (%(previous)s)) AS months(m)
-        ), armed AS (
-            INSERT INTO billing_reconciliation_jobs (site_id, year_month, status, created_at, updated_at)
-            SELECT c.site_id, c.year_month, 'PENDING', %(now)s, %(now)s
-            FROM candidates c
-            WHERE NOT EXISTS (
-                SELECT 1 FROM invoice_snapshot s WHERE s.site_id = c.site_id AND s.year_month = c.year_month)
-            ON CONFLICT (site_id, year_month) DO UPDATE
-                SET status = 'PENDING', updated_at = EXCLUDED.updated_at, last_error = NULL
-                WHERE billing_reconciliation_jobs.status IN ('COMPLETED', 'FAILED')
-            RETURNING 1
-        )
-        SELECT count(*) FROM armed
-        """,
-        {"current": current, "previous": previous, "now": now},
-    ).fetchone()
-    return int(rows[0]) if rows else 0
+    params = {"current": year_month_of(now), "previous": previous_year_month(now), "now": now}
+    return _arm(conn, _COUNTED_MONTHS, params)
 
 
 def backfill_jobs(conn: psycopg.Connection[Any], now: datetime) -> int:
     """Arm a job for every unfrozen site-month found in the ledger itself (a full scan: use after
     counters were lost or restored from backup, not every cycle)."""
-    row = conn.execute(
-        """
-        WITH months AS (
-            SELECT DISTINCT site_id, year_month FROM ingest_idempotency
-        ), armed AS (
-            INSERT INTO billing_reconciliation_jobs (site_id, year_month, status, created_at, updated_at)
-            SELECT m.site_id, m.year_month, 'PENDING', %(now)s, %(now)s
-            FROM months m
-            WHERE NOT EXISTS (
-                SELECT 1 FROM invoice_snapshot s WHERE s.site_id = m.site_id AND s.year_month = m.year_month)
-            ON CONFLICT (site_id, year_month) DO UPDATE
-                SET status = 'PENDING', updated_at = EXCLUDED.updated_at, last_error = NULL
-                WHERE billing_reconciliation_jobs.status IN ('COMPLETED', 'FAILED')
-            RETURNING 1
-        )
-        SELECT count(*) FROM armed
-        """,
-        {"now": now},
-    ).fetchone()
-    return int(row[0]) if row else 0
+    return _arm(conn, _LEDGER_MONTHS, {"now": now})
 
 
 def reclaim_stuck(conn: psycopg.Connection[Any], now: datetime) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ pytestmark = pytest.mark.slow
 # Far more than the socket buffers between PostgreSQL, the app and the client can hold, so the
 # COPY is still running when its backend is killed.
 ROWS = 300_000
+COPY_START_TIMEOUT_S = 10
 
 _TERMINATE_COPY = """
 SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -39,7 +41,12 @@ def test_database_backend_killed_mid_stream_aborts_the_transfer(
             assert response.status_code == 200
             chunks = response.iter_raw()
             received += len(next(chunks))
+            # The header may go out before the COPY starts: wait (bounded) until it is running.
+            deadline = time.monotonic() + COPY_START_TIMEOUT_S
             killed = owner_conn.execute(_TERMINATE_COPY).fetchall()
+            while not killed and time.monotonic() < deadline:
+                time.sleep(0.05)
+                killed = owner_conn.execute(_TERMINATE_COPY).fetchall()
             assert killed == [(True,)], f"the export's COPY should still be running: {killed}, {received} bytes in"
             with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
                 for chunk in chunks:
