@@ -28,7 +28,11 @@ def connect_url(conninfo: str, **kwargs: Any) -> psycopg.Connection[Any]:
     except psycopg.ProgrammingError as exc:
         raise ConfigError(f"bad database URL: {_first_line(exc)}") from exc
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {_first_line(exc)}") from exc
+        detail = _first_line(exc)
+        if "role" in detail and "does not exist" in detail:
+            # The app and analyst roles are made by the migrations: the database was never set up.
+            detail += " (run `revkernel db up` first: it applies the migrations and creates the roles)"
+        raise DatabaseUnavailable(f"cannot connect to PostgreSQL: {detail}") from exc
 
 
 def _first_line(exc: BaseException) -> str:
