@@ -1,11 +1,11 @@
-"""Regenerate the committed notebooks' golden outputs from the deterministic sample data.
+"""Regenerate the committed notebooks' golden outputs from the deterministic demo data.
 
     .venv/bin/python tests/notebooks/golden.py
 
-Starts a private embedded PostgreSQL in a temp dir, loads the audit sample (the demo tenants with
-two frozen months), executes every notebook in place with nbclient (not papermill: no injected
-cells), strips volatile metadata and stops the server. nbval then checks these outputs in
-``make test`` (tests/notebooks/test_nbval.py).
+Starts a private embedded PostgreSQL in a temp dir, loads the real `make demo` data into it (the
+demo tenants, two months of traffic over HTTP, frozen and reconciled), executes every notebook in
+place with nbclient (not papermill: no injected cells), strips volatile metadata and stops the
+server. nbval then checks these outputs in ``make test`` (tests/notebooks/test_nbval.py).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def regenerate(database_url: str) -> None:
 
 def main() -> int:
     sys.path.insert(0, str(HERE))
-    from sample_db import create_sample_database
+    from sample_db import create_demo_database
 
     from kernel.db import embedded
 
@@ -62,7 +62,7 @@ def main() -> int:
         data_dir = Path(tmp) / "pg"
         server = embedded.start(data_dir)
         try:
-            regenerate(create_sample_database(server))
+            regenerate(create_demo_database(server, "rk_golden", Path(tmp) / "data"))
         finally:
             embedded.stop(data_dir, mode="fast")
     return 0

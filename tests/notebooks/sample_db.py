@@ -28,3 +28,23 @@ def create_sample_database(server: str, name: str = SAMPLE_DB) -> str:
 
 def start_sample_server(data_dir: Path) -> str:
     return embedded.start(data_dir)
+
+
+def create_demo_database(server: str, name: str, data_dir: Path) -> str:
+    """Load the real `make demo` data into a fresh database ``name``: the demo tenants, their two
+    months of traffic over real HTTP (a live `revkernel serve`), then the demo's crons (freeze,
+    reconcile, relay, watchtower). Returns its owner conninfo."""
+    from kernel.db.connect import Database
+    from kernel.demo import DemoRun, demo_steps
+    from kernel.settings import Settings
+
+    with psycopg.connect(role_conninfo(server, dbname="postgres"), autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    owner = role_conninfo(server, dbname=name)
+    settings = Settings(database_url=owner, data_dir=data_dir)
+    run = DemoRun(settings=settings, db=Database(settings), echo=lambda line: None)
+    steps = dict(demo_steps())
+    for step in ("database", "tenants", "traffic", "crons"):
+        steps[step](run)
+    return owner
