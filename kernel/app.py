@@ -20,6 +20,7 @@ from kernel.db import migrations
 from kernel.db.connect import Database
 from kernel.errors import DatabaseUnavailable
 from kernel.ingest.routes import close_ingest
+from kernel.ingest.service import runtime_of
 from kernel.settings import Settings, get_settings
 from kernel.web import AppState, app_state, error_response, exception_handlers, stamp_headers
 
@@ -85,6 +86,7 @@ def route_handlers() -> list[Any]:
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None) -> Litestar:
     settings = settings or get_settings()
     state = AppState(settings=settings, clock=clock or clock_from_spec(settings.clock), db=Database(settings))
+    runtime_of(state)  # built now, so a bad ingest setting stops the start instead of a request
 
     async def open_pool(app: Litestar) -> None:
         # Refuse to serve on a schema older than the code (checked as the owner, once).

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
+from kernel.errors import ConfigError
+
 __all__ = ["PROJECT_ROOT", "Settings", "get_settings"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +89,19 @@ class Settings:
             clock=env.get("REVKERNEL_CLOCK") or "system",
             extra={k: v for k, v in env.items() if k.startswith("REVKERNEL_")},
         )
+
+    def seconds(self, name: str, default: float) -> float:
+        """A positive duration in seconds from the ``REVKERNEL_*`` environment, or ``default``."""
+        text = self.extra.get(name, "").strip()
+        if not text:
+            return default
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not value > 0 or value == float("inf"):
+            raise ConfigError(f"{name} must be a positive number of seconds, not {text!r}")
+        return value
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -100,13 +100,9 @@ SCHEDULES: tuple[Schedule, ...] = (
 
 def schedules_for(settings: Settings) -> tuple[Schedule, ...]:
     """The schedules, with ``REVKERNEL_SCHEDULER_INTERVAL_S`` applied to the interval crons."""
-    override = settings.extra.get("REVKERNEL_SCHEDULER_INTERVAL_S", "").strip()
-    if not override:
+    if not settings.extra.get("REVKERNEL_SCHEDULER_INTERVAL_S", "").strip():
         return SCHEDULES
-    try:
-        every = timedelta(seconds=float(override))
-    except ValueError as exc:
-        raise KernelError(f"REVKERNEL_SCHEDULER_INTERVAL_S must be a number, not {override!r}") from exc
+    every = timedelta(seconds=settings.seconds("REVKERNEL_SCHEDULER_INTERVAL_S", 0.0))
     return tuple(Schedule(s.name, every=every) if s.every is not None else s for s in SCHEDULES)
 
 

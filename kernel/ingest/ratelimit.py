@@ -27,7 +27,7 @@ __all__ = ["WINDOW_S", "LocalWindows", "RateDecision", "SiteRateLimiter"]
 _log = logging.getLogger("kernel.ingest.ratelimit")
 
 WINDOW_S = 60
-REDIS_TIMEOUT_S = 0.25  # connect and read; a slower Redis counts as down
+REDIS_TIMEOUT_S = 0.25  # default connect and read timeout; a slower Redis counts as down
 REDIS_RETRY_INTERVAL_S = 1.0  # after a failure, use the local limiter this long before trying again
 REDIS_MAX_CONNECTIONS = 32  # per process
 LOCAL_MAX_SITES = 10_000  # local windows kept; older windows are dropped first
@@ -67,8 +67,16 @@ class LocalWindows:
 class SiteRateLimiter:
     """Counts requests per site and minute; ``hit`` says whether this one is within the limit."""
 
-    def __init__(self, redis_url: str | None, clock: Clock, *, prefix: str = "rk") -> None:
+    def __init__(
+        self,
+        redis_url: str | None,
+        clock: Clock,
+        *,
+        prefix: str = "rk",
+        timeout_s: float = REDIS_TIMEOUT_S,
+    ) -> None:
         self._clock = clock
+        self._timeout_s = timeout_s
         self._prefix = f"{prefix}:rl:"
         self._local = LocalWindows()
         self._redis: aioredis.Redis[bytes] | None = None
@@ -104,8 +112,8 @@ class SiteRateLimiter:
             assert self._redis_url is not None
             self._redis = aioredis.Redis.from_url(
                 self._redis_url,
-                socket_timeout=REDIS_TIMEOUT_S,
-                socket_connect_timeout=REDIS_TIMEOUT_S,
+                socket_timeout=self._timeout_s,
+                socket_connect_timeout=self._timeout_s,
                 max_connections=REDIS_MAX_CONNECTIONS,
                 retry=None,
             )

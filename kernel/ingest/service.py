@@ -47,7 +47,7 @@ from kernel import metrics
 from kernel.ingest import queries
 from kernel.ingest.keys import KeyedEvent, keyed_event, server_ms
 from kernel.ingest.queries import LedgerResult
-from kernel.ingest.ratelimit import SiteRateLimiter
+from kernel.ingest.ratelimit import REDIS_TIMEOUT_S, SiteRateLimiter
 from kernel.ingest.schemas import MAX_BODY_BYTES, SchemaViolation, decode_json, to_events
 from kernel.months import next_month_start
 from kernel.tenants.keys import hash_secret
@@ -194,8 +194,14 @@ class IngestRuntime:
 def runtime_of(state: AppState) -> IngestRuntime:
     runtime = state.extras.get(EXTRAS_KEY)
     if runtime is None:
-        prefix = state.settings.extra.get("REVKERNEL_REDIS_PREFIX", "rk")
-        runtime = IngestRuntime(SiteDirectory(), SiteRateLimiter(state.settings.redis_url, state.clock, prefix=prefix))
+        extra = state.settings.extra
+        limiter = SiteRateLimiter(
+            state.settings.redis_url,
+            state.clock,
+            prefix=extra.get("REVKERNEL_REDIS_PREFIX", "rk"),
+            timeout_s=state.settings.seconds("REVKERNEL_REDIS_TIMEOUT_S", REDIS_TIMEOUT_S),
+        )
+        runtime = IngestRuntime(SiteDirectory(), limiter)
         state.extras[EXTRAS_KEY] = runtime
     assert isinstance(runtime, IngestRuntime)
     return runtime
