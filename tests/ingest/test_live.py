@@ -201,7 +201,15 @@ def test_redis_shared_limit_then_redis_down_degrades_and_stays_exact(
         _wait_redis(port)
         limited = make_site(app_conn, monthly_limit=10**6, rate_limit_per_minute=30)
         billed = make_site(app_conn, monthly_limit=80, rate_limit_per_minute=10**6)
-        with live_server(settings.database_url, tmp_path, workers=2, redis_url=f"redis://127.0.0.1:{port}/0") as server:
+        # A generous Redis timeout: a loaded machine must not degrade the shared phase by latency
+        # (the kill below is a refused connection, which degrades at once whatever the timeout).
+        with live_server(
+            settings.database_url,
+            tmp_path,
+            workers=2,
+            redis_url=f"redis://127.0.0.1:{port}/0",
+            extra_env={"REVKERNEL_REDIS_TIMEOUT_S": "5"},
+        ) as server:
             # Shared through Redis: two workers admit exactly 30 requests of the minute, not 60.
             shared = ClientLog()
             # Start the burst early in a fixed one-minute window (bounded wait) so it fits in one.
