@@ -47,7 +47,6 @@ _log = logging.getLogger("kernel.cron.cleanup")
 
 RETENTION = timedelta(days=90)
 CLEANUP_MAX_ROWS_PER_RUN = 10_000
-ARCHIVE_READ_CHUNK_BYTES = 1 << 20
 # The archive holds the dispute CSV's columns, so one reader and one verifier serve both.
 ARCHIVE_COLUMNS = EXPORT_COLUMNS
 _ARCHIVE_SQL = """
@@ -82,11 +81,8 @@ def archive_path(data_dir: Path, site_id: str, year_month: str) -> Path:
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(ARCHIVE_READ_CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def archive_root(path: Path) -> tuple[str, int]:

@@ -108,11 +108,8 @@ def parse_disputed_keys(keys: Sequence[str] | str) -> list[str]:
 
 
 def _sha256_file(path: Path) -> str:
-    sha = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(COPY_CHUNK_BYTES):
-            sha.update(chunk)
-    return sha.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _file_entry(path: Path) -> dict[str, Any]:
