@@ -36,6 +36,11 @@ KERNEL_START_TIMEOUT_S = 60
 KERNEL_START_ATTEMPTS = 2
 # The venv's own kernel: jupyter_client runs it with the interpreter that runs papermill.
 KERNEL_NAME = "python3"
+# Headless kernels log only what is fatal. jupyter_client interrupts every kernel it shuts down
+# and ipykernel 7 logs that SIGINT as "ERROR | KeyboardInterrupt caught in kernel", next to a
+# warning about its loopback TCP transport: noise that reads like a failure in `make demo`.
+# A notebook's own errors still fail the render through papermill.
+HEADLESS_KERNEL_ARGS = ("--IPKernelApp.log_level=CRITICAL",)
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 
 _EXTERNAL_RESOURCE = re.compile(r"<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)\s*=\s*[\"']?(?:https?:)?//", re.I)
@@ -93,13 +98,15 @@ def render_notebook(
     from nbclient.exceptions import CellTimeoutError
     from papermill.exceptions import PapermillExecutionError
 
+    # Absolute paths: the kernel runs in the notebook's directory, not the caller's.
+    out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = name or notebook.stem
     ipynb_path = out_dir / f"{stem}.ipynb"
     html_path = out_dir / f"{stem}.html"
     params = {key: str(value) for key, value in parameters.items()}
-    params.setdefault("results_path", str(out_dir / f"{stem}.results.json"))
-    results_path = Path(params["results_path"])
+    results_path = Path(params.get("results_path") or out_dir / f"{stem}.results.json").resolve()
+    params["results_path"] = str(results_path)
     for stale in (html_path, results_path):
         stale.unlink(missing_ok=True)
 
@@ -115,6 +122,7 @@ def render_notebook(
                 progress_bar=False,
                 log_output=False,
                 cwd=str(notebook.parent),
+                extra_arguments=list(HEADLESS_KERNEL_ARGS),
             )
             break
         except PapermillExecutionError as exc:

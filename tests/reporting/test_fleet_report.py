@@ -66,6 +66,21 @@ def test_cli_report_one_site_merges_into_the_month(sample_db: Database, tmp_path
 
 
 @pytest.mark.slow
+def test_cli_report_with_a_relative_out_dir(
+    sample_db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The kernel runs in notebooks/, so a relative path handed to it would land there instead.
+    monkeypatch.chdir(tmp_path)
+    env = {"DATABASE_URL": sample_db.settings.database_url or ""}
+    args = ["report", "monthly", "--year-month", "2026-10", "--site", "demo-off", "--out", "rel", "--no-progress"]
+    result = CliRunner().invoke(main, args, env=env)
+    assert result.exit_code == 0, result.output
+    assert "monthly 2026-10: 1 site(s): pass 1" in result.output
+    sidecar = json.loads((tmp_path / "rel" / "2026-10" / "monthly" / "demo-off.results.json").read_text())
+    assert sidecar["verdict"] == "pass" and sidecar["public_id"] == "demo-off"
+
+
+@pytest.mark.slow
 def test_dask_scheduler_renders_on_a_local_cluster(
     sample_db: Database, sample_ids: dict[str, uuid.UUID], tmp_path: Path
 ) -> None:
