@@ -17,10 +17,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-# Only the audit notebooks: other notebooks in notebooks/ have their own owners and goldens.
+# Every committed notebook with golden outputs, all from the same demo data.
 NOTEBOOKS = [
     ROOT / "notebooks" / f"{name}.ipynb"
-    for name in ("monthly_audit", "reconciliation_drift", "snapshot_verification", "investigate")
+    for name in ("monthly_audit", "reconciliation_drift", "snapshot_verification", "investigate", "dispute_evidence")
 ]
 EXECUTION_TIMEOUT_S = 300
 
@@ -54,7 +54,7 @@ def regenerate(database_url: str) -> None:
 
 def main() -> int:
     sys.path.insert(0, str(HERE))
-    from sample_db import create_demo_database
+    from demo_db import create_demo_database
 
     from kernel.db import embedded
 

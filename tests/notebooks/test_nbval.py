@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from .sample_db import create_demo_database
+from .demo_db import create_demo_database
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -49,7 +49,7 @@ def test_nbval_golden_outputs(pg_server: str, tmp_path: Path) -> None:
     database_url = create_demo_database(pg_server, f"nbval_{uuid.uuid4().hex[:10]}", tmp_path / "data")
     env = {k: v for k, v in os.environ.items() if not k.endswith("DATABASE_URL")}
     env["DATABASE_URL"] = database_url
-    notebooks = [str(ROOT / "notebooks" / f"{name}.ipynb") for name in AUDIT_NOTEBOOKS]
+    notebooks = [str(ROOT / "notebooks" / f"{name}.ipynb") for name in (*AUDIT_NOTEBOOKS, "dispute_evidence")]
     run = subprocess.run(
         [
             sys.executable,
