@@ -17,13 +17,7 @@ MANIFEST_VERSION = 1
 def snapshot_disagreements(digest: CsvDigest, document: SnapshotDocument) -> list[str]:
     """How the CSV's rows differ from the snapshot's counts and root (empty when they agree)."""
     found: list[str] = []
-    expected = {
-        "rows": document.billable_count + document.rejected_count + document.non_billable_count,
-        "billable": document.billable_count,
-        "overage": document.overage_count,
-        "rejected": document.rejected_count,
-        "non_billable": document.non_billable_count,
-    }
+    expected = document.counts()
     for name, value in digest.counts().items():
         if expected[name] != value:
             found.append(f"{name}: CSV has {value}, snapshot says {expected[name]}")

@@ -394,13 +394,7 @@ def _signature_check(run: _Run, snapshot: dict[str, Any], document_bytes: bytes)
 
 
 def _count_checks(run: _Run, manifest: dict[str, Any], digest: CsvDigest, document: SnapshotDocument) -> None:
-    expected = {
-        "rows": document.billable_count + document.rejected_count + document.non_billable_count,
-        "billable": document.billable_count,
-        "overage": document.overage_count,
-        "rejected": document.rejected_count,
-        "non_billable": document.non_billable_count,
-    }
+    expected = document.counts()
     actual = digest.counts()
     wrong = [name for name in expected if expected[name] != actual[name]]
     if wrong:

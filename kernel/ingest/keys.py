@@ -85,7 +85,12 @@ def payload_hash(event: EventIn) -> str:
 
     Two requests with one client key but different hashes are an ``idempotency_conflict`` (409).
     """
-    canonical = {
+    return hashlib.sha256(msgspec.json.encode(_event_fields(event), order="sorted")).hexdigest()
+
+
+def _event_fields(event: EventIn) -> dict[str, Any]:
+    """What the client said about the event: hashed for conflicts and carried in the outbox payload."""
+    return {
         "ec": event.ec,
         "ea": event.ea,
         "el": event.el,
@@ -94,7 +99,6 @@ def payload_hash(event: EventIn) -> str:
         "ts": event.ts,
         "meta": event.meta,
     }
-    return hashlib.sha256(msgspec.json.encode(canonical, order="sorted")).hexdigest()
 
 
 def occurred_at_of(event: EventIn, field: str) -> datetime | None:
@@ -136,18 +140,7 @@ def keyed_event(
         key = derive_v1_key(site_id, ec=event.ec, ea=event.ea, el=event.el, url=url, fp=event.fp, now_ms=now_ms)
         version = 1
     occurred_at = occurred_at_of(event, f"{field_prefix}ts")
-    payload = {
-        "site_id": str(site_id),
-        "idempotency_key": key,
-        "event_id": event.event_id,
-        "ec": event.ec,
-        "ea": event.ea,
-        "el": event.el,
-        "url": event.page_url,
-        "fp": event.fp,
-        "ts": event.ts,
-        "meta": event.meta,
-    }
+    payload = {"site_id": str(site_id), "idempotency_key": key, "event_id": event.event_id, **_event_fields(event)}
     return KeyedEvent(
         event=event,
         idempotency_key=key,

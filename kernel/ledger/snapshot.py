@@ -68,6 +68,16 @@ class SnapshotDocument:
         if self.hash_version != HASH_VERSION:
             raise ValueError(f"unsupported hash_version {self.hash_version!r}; this code implements {HASH_VERSION}")
 
+    def counts(self) -> dict[str, int]:
+        """The counts the document states, under the names of the dispute CSV's tally."""
+        return {
+            "rows": self.billable_count + self.rejected_count + self.non_billable_count,
+            "billable": self.billable_count,
+            "overage": self.overage_count,
+            "rejected": self.rejected_count,
+            "non_billable": self.non_billable_count,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "billable_count": self.billable_count,
