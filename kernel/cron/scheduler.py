@@ -100,9 +100,10 @@ SCHEDULES: tuple[Schedule, ...] = (
 
 def schedules_for(settings: Settings) -> tuple[Schedule, ...]:
     """The schedules, with ``REVKERNEL_SCHEDULER_INTERVAL_S`` applied to the interval crons."""
-    if not settings.extra.get("REVKERNEL_SCHEDULER_INTERVAL_S", "").strip():
+    override_s = settings.seconds("REVKERNEL_SCHEDULER_INTERVAL_S", 0.0)  # 0.0: not set
+    if not override_s:
         return SCHEDULES
-    every = timedelta(seconds=settings.seconds("REVKERNEL_SCHEDULER_INTERVAL_S", 0.0))
+    every = timedelta(seconds=override_s)
     return tuple(Schedule(s.name, every=every) if s.every is not None else s for s in SCHEDULES)
 
 
