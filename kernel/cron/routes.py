@@ -3,6 +3,7 @@ done by the same functions the CLI and the scheduler call, in a worker thread.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -53,6 +54,16 @@ def _answer(result: CronResult, keys: tuple[str, ...] | None = None, failure_sta
     return Response(body, status_code=200 if ok else failure_status, media_type="application/json")
 
 
+async def _run(
+    request: Request[Any, Any, Any], job: Callable[[CronContext], CronResult], keys: tuple[str, ...] | None = None
+) -> Json:
+    """Authorise, run ``job`` in a worker thread (the crons are blocking code) and answer."""
+    state = _authorized(request)
+    if state is None:
+        return _forbidden()
+    return _answer(await anyio.to_thread.run_sync(job, _ctx(state)), keys)
+
+
 @get("/api/cron/watchtower", tags=["cron"])
 async def cron_watchtower(request: Request[Any, Any, Any]) -> Json:
     """Health and dead man's switch: 200 ok/degraded, 503 alarm/critical."""
@@ -72,41 +83,25 @@ async def cron_watchtower(request: Request[Any, Any, Any]) -> Json:
 @route("/api/cron/reconcile-usage", http_method=["GET", "POST"], tags=["cron"])
 async def cron_reconcile(request: Request[Any, Any, Any]) -> Json:
     """One cycle: arm a job for every unfrozen site-month, then run the pending jobs."""
-    state = _authorized(request)
-    if state is None:
-        return _forbidden()
-    result = await anyio.to_thread.run_sync(partial(run_named, _ctx(state), "reconcile-usage"))
-    return _answer(result, ("ok", "enqueued", *_RUN_KEYS[1:]))
+    return await _run(request, lambda ctx: run_named(ctx, "reconcile-usage"), ("ok", "enqueued", *_RUN_KEYS[1:]))
 
 
 @route("/api/cron/reconcile-usage/enqueue", http_method=["GET", "POST"], tags=["cron"])
 async def cron_reconcile_enqueue(request: Request[Any, Any, Any]) -> Json:
     """Arm (or re-arm) a PENDING job for every unfrozen site-month."""
-    state = _authorized(request)
-    if state is None:
-        return _forbidden()
-    result = await anyio.to_thread.run_sync(partial(run_cron, _ctx(state), "reconcile-usage", enqueue))
-    return _answer(result, ("ok", "enqueued"))
+    return await _run(request, lambda ctx: run_cron(ctx, "reconcile-usage", enqueue), ("ok", "enqueued"))
 
 
 @post("/api/cron/reconcile-usage/run", tags=["cron"], status_code=200)
 async def cron_reconcile_run(request: Request[Any, Any, Any]) -> Json:
     """Process the pending jobs: ``{"ok": true, "processed", "completed", "failed"}``."""
-    state = _authorized(request)
-    if state is None:
-        return _forbidden()
-    result = await anyio.to_thread.run_sync(partial(run_cron, _ctx(state), "reconcile-usage", run_jobs))
-    return _answer(result, _RUN_KEYS)
+    return await _run(request, lambda ctx: run_cron(ctx, "reconcile-usage", run_jobs), _RUN_KEYS)
 
 
 @post("/api/cron/reconcile-usage/backfill", tags=["cron"], status_code=200)
 async def cron_reconcile_backfill(request: Request[Any, Any, Any]) -> Json:
     """Arm a job for every unfrozen site-month found in the ledger itself (full scan)."""
-    state = _authorized(request)
-    if state is None:
-        return _forbidden()
-    result = await anyio.to_thread.run_sync(partial(run_cron, _ctx(state), "reconcile-usage", backfill))
-    return _answer(result, ("ok", "enqueued"))
+    return await _run(request, lambda ctx: run_cron(ctx, "reconcile-usage", backfill), ("ok", "enqueued"))
 
 
 @post("/api/cron/invoice-freeze", tags=["cron"], status_code=200)
@@ -115,11 +110,7 @@ async def cron_invoice_freeze(
     year_month: str | None = Parameter(default=None, description="YYYY-MM; default: the previous month"),
 ) -> Json:
     """Snapshot a closed month: ``{"ok", "year_month", "frozen", "already_frozen"}``; open month → 409."""
-    state = _authorized(request)
-    if state is None:
-        return _forbidden()
-    result = await anyio.to_thread.run_sync(partial(run_named, _ctx(state), "invoice-freeze", year_month=year_month))
-    return _answer(result, _FREEZE_KEYS)
+    return await _run(request, lambda ctx: run_named(ctx, "invoice-freeze", year_month=year_month), _FREEZE_KEYS)
 
 
 @post("/api/cron/idempotency-cleanup", tags=["cron"], status_code=200)
@@ -128,21 +119,13 @@ async def cron_idempotency_cleanup(
     dry_run: bool = Parameter(default=False, description="true: change nothing, list what would go"),
 ) -> Json:
     """Delete expired ledger rows of archived, frozen, unheld months (≤ 10,000 per run)."""
-    state = _authorized(request)
-    if state is None:
-        return _forbidden()
-    result = await anyio.to_thread.run_sync(partial(run_named, _ctx(state), "idempotency-cleanup", dry_run=dry_run))
-    return _answer(result)
+    return await _run(request, lambda ctx: run_named(ctx, "idempotency-cleanup", dry_run=dry_run))
 
 
 @post("/api/cron/publish-outbox", tags=["cron"], status_code=200)
 async def cron_publish_outbox(request: Request[Any, Any, Any]) -> Json:
     """The outbox relay: deliver pending rows to the configured sink, in order per site."""
-    state = _authorized(request)
-    if state is None:
-        return _forbidden()
-    result = await anyio.to_thread.run_sync(partial(run_named, _ctx(state), "publish-outbox"))
-    return _answer(result)
+    return await _run(request, lambda ctx: run_named(ctx, "publish-outbox"))
 
 
 @get("/api/billing/public-keys", tags=["billing"])
