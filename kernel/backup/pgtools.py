@@ -133,6 +133,8 @@ def run_with_progress(
         raise
     finally:
         reader.join(timeout=10)
+        if proc.stderr is not None:
+            proc.stderr.close()
         if monitor is not None:
             monitor.close()
     if proc.returncode != 0:
