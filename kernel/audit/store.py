@@ -6,8 +6,9 @@ It adds no rule of its own: each check calls the code that owns the rule.
   ``migration_checksum_mismatch``, ``migration_unknown``.
 - **snapshots**: every month's ``audit_fleet`` (set-based metrics and one ordered stream of the
   leaves) and ``check_snapshot``. A month with a ``ledger_archive`` row is checked against its
-  archive instead of its (cleaned up) ledger rows. Codes ``merkle_root_mismatch``,
-  ``snapshot_counts_mismatch``, ``snapshot_hash_mismatch``, ``snapshot_document_mismatch``, …
+  archive instead of its (cleaned up) ledger rows, and the rows cleanup left must be in the
+  archive exactly as archived. Codes ``merkle_root_mismatch``, ``snapshot_counts_mismatch``,
+  ``snapshot_hash_mismatch``, ``snapshot_document_mismatch``, ``ledger_not_in_archive``, …
 - **snapshot chains**: ``check_snapshot``'s link to the site's previous snapshot.
   Code ``snapshot_chain_broken``.
 - **signatures**: ``check_snapshot`` against ``signing_keys`` (the published keys), and every
@@ -31,20 +32,26 @@ and only one month's per-site metrics are held at a time.
 from __future__ import annotations
 
 import csv
+import gzip
 import hashlib
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from kernel.audit.findings import Severity
 from kernel.audit.fleet import audit_fleet
 from kernel.audit.snapshots import check_snapshot
 from kernel.clock import Clock
+
+# The archive's COPY statement is cleanup's: ledger rows compared with an archive are rendered by
+# the very statement that wrote it.
+from kernel.cron.cleanup import _ARCHIVE_SQL as ARCHIVE_COPY_SQL
 from kernel.cron.cleanup import archive_root
 from kernel.cron.keystore import public_keys
 from kernel.db import migrations
@@ -154,9 +161,42 @@ def _signing_keys(conn: psycopg.Connection[Any], fail: Callable[..., None], tall
         tally.add("published_keys")
 
 
+def _copy_lines(chunks: Iterable[Any]) -> Iterator[str]:
+    """COPY … CSV output as lines for ``csv.reader`` (which joins a quoted field's newlines)."""
+    pending = b""
+    for chunk in chunks:
+        *lines, pending = (pending + bytes(chunk)).split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8") + "\n"
+    if pending:
+        yield pending.decode("utf-8")
+
+
+def _ledger_not_in_archive(conn: psycopg.Connection[Any], site_id: str, year_month: str, path: Path) -> str | None:
+    """The first ledger row left in an archived month that is not, as it was archived, in the archive.
+
+    Both sides are the same COPY statement (cleanup's archive format) in leaf order, so the rows
+    cleanup left must be a subsequence of the archive's, field for field; one pass over each.
+    """
+    query = sql.SQL(ARCHIVE_COPY_SQL).format(site=sql.Literal(site_id), month=sql.Literal(year_month))
+    problem: str | None = None
+    try:
+        with gzip.open(path, "rt", encoding="utf-8", newline="") as handle:
+            archived = csv.reader(handle)
+            next(archived, None)  # the header; archive_root checks it
+            with conn.cursor().copy(query) as copy:
+                # Read the COPY to its end whatever is found: the connection is busy until then.
+                for record in csv.reader(_copy_lines(copy)):
+                    if problem is None and not any(candidate == record for candidate in archived):
+                        problem = f"ledger row {record[0]} is not in the month's archive as it was archived and signed"
+    except _ARCHIVE_READ_ERRORS:
+        return None  # an unreadable archive is the archives check's failure
+    return problem
+
+
 def _months(
     conn: psycopg.Connection[Any],
-    archived: set[tuple[str, str]],
+    archived: dict[tuple[str, str], Path],
     clock: Clock,
     fail: Callable[..., None],
     tally: _Tally,
@@ -190,6 +230,11 @@ def _months(
                     )
                     fail(name, code, text, **where)
             if is_archived:
+                if int(record["total_count"]) > 0:
+                    # Cleaned up in part: the rows left must be the archived (and signed) ones.
+                    problem = _ledger_not_in_archive(conn, sid, year_month, archived[(sid, year_month)])
+                    if problem is not None:
+                        fail("snapshots", "ledger_not_in_archive", problem, **where)
                 _archived_counter(record, fail, tally, where)
                 continue
             findings = fleet.findings_of(sid)
@@ -239,12 +284,11 @@ def _archives(rows: list[tuple[Any, ...]], fail: Callable[..., None], tally: _Ta
         try:
             with path.open("rb") as handle:
                 actual = hashlib.file_digest(handle, "sha256").hexdigest()
-            if bar is not None:
-                bar.update(path.stat().st_size)
-            recomputed_root, rows_in_file = archive_root(path)
-        except _ARCHIVE_READ_ERRORS as exc:
-            fail("archives", "archive_unreadable", f"{path}: {type(exc).__name__}: {exc}", **where)
+        except OSError as exc:
+            fail("archives", "archive_unreadable", f"{path}: {exc}", **where)
             continue
+        if bar is not None:
+            bar.update(path.stat().st_size)
         if actual != digest:
             fail(
                 "archives",
@@ -252,6 +296,11 @@ def _archives(rows: list[tuple[Any, ...]], fail: Callable[..., None], tally: _Ta
                 f"{path} has SHA-256 {actual[:16]}…, recorded {digest[:16]}…",
                 **where,
             )
+        try:
+            recomputed_root, rows_in_file = archive_root(path)
+        except _ARCHIVE_READ_ERRORS as exc:
+            fail("archives", "archive_unreadable", f"{path}: {type(exc).__name__}: {exc}", **where)
+            continue
         if recomputed_root != root:
             fail(
                 "archives",
@@ -316,7 +365,7 @@ def verify_store(
         schema_text = _schema(conn, fail, tally)
         _signing_keys(conn, fail, tally)
         archive_rows = conn.execute(_ARCHIVES).fetchall()
-        archived = {(str(r[0]), str(r[2])) for r in archive_rows}
+        archived = {(str(r[0]), str(r[2])): Path(r[3]) for r in archive_rows}
         bar = progress(0, "month", "verify months") if progress is not None else None
         try:
             _months(conn, archived, clock, fail, tally, report.notes, bar)

@@ -41,6 +41,11 @@ def _verify(store: SmallStore, tmp_path: Path) -> tuple[int, str, dict[str, Any]
 
 
 def test_a_sound_store_passes_every_check(store: SmallStore, tmp_path: Path) -> None:
+    left = Database(store.settings).connect("owner", autocommit=True)
+    with left:
+        remaining = left.execute("SELECT year_month, count(*) FROM ingest_idempotency GROUP BY 1 ORDER BY 1").fetchall()
+    # The store is what the checks need: January cleaned up, February in part, March whole.
+    assert [m for m, _ in remaining] == ["2026-02", "2026-03", "2026-04"]
     code, output, evidence = _verify(store, tmp_path)
     assert code == 0, output
     assert "7 passed, 0 failed" in output
@@ -65,6 +70,15 @@ def _edit_ledger_row(store: SmallStore) -> None:
 def _delete_ledger_row(store: SmallStore) -> None:
     _owner(
         store, "DELETE FROM ingest_idempotency WHERE idempotency_key = '2026-03-001' AND site_id = %s", (store.site_id,)
+    )
+
+
+def _edit_row_left_in_archived_month(store: SmallStore) -> None:
+    # February was cleaned up in part; a row cleanup left is edited after it was archived.
+    _owner(
+        store,
+        "UPDATE ingest_idempotency SET event_label = 'edited' WHERE idempotency_key = '2026-02-012' AND site_id = %s",
+        (store.site_id,),
     )
 
 
@@ -113,6 +127,13 @@ def _edit_migration(store: SmallStore) -> None:
 TAMPERING: list[tuple[str, Callable[[SmallStore], None], str, str, str | None]] = [
     ("ledger row edited as owner", _edit_ledger_row, "snapshots", "merkle_root_mismatch", "2026-03"),
     ("ledger row deleted as owner", _delete_ledger_row, "snapshots", "snapshot_counts_mismatch", "2026-03"),
+    (
+        "row left in an archived month edited",
+        _edit_row_left_in_archived_month,
+        "snapshots",
+        "ledger_not_in_archive",
+        "2026-02",
+    ),
     ("archive byte changed", _flip_archive_byte, "archives", "archive_sha256_mismatch", "2026-01"),
     ("archive rewritten", _rewrite_archive, "archives", "archive_root_mismatch", "2026-01"),
     ("archive removed", _remove_archive, "archives", "archive_missing", "2026-02"),
