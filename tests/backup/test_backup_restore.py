@@ -248,3 +248,20 @@ def test_include_signing_key_without_a_key_is_a_clear_error(module_store: SmallS
     assert result.exit_code == 1
     assert error_line(result).endswith("[signing_key_not_found]")
     assert tree(out) == set()  # no manifest, no half backup
+
+
+def test_the_chaos_drill_step_passes_on_a_sound_store_and_fails_on_a_tampered_one(
+    store: SmallStore, tmp_path: Path
+) -> None:
+    from kernel.backup.drill import DrillFailed, recovery_drill
+
+    assert store.settings.database_url is not None
+    detail = recovery_drill(store.settings.database_url, store.settings.data_dir, tmp_path / "sound")
+    assert "restored into a fresh data directory; verify 7/7 passed" in detail
+    assert not embedded.is_running(tmp_path / "sound" / "restored" / "pg")  # the drill stops its server
+
+    with Database(store.settings).connect("owner", autocommit=True) as conn:
+        conn.execute("UPDATE ingest_idempotency SET billing_state = 'OVERAGE' WHERE idempotency_key = '2026-03-000'")
+    with pytest.raises(DrillFailed) as failed:
+        recovery_drill(store.settings.database_url, store.settings.data_dir, tmp_path / "tampered")
+    assert "merkle_root_mismatch" in failed.value.message
