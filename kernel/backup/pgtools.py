@@ -15,10 +15,13 @@ manifest, drive one tqdm bar.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ from kernel.errors import ConfigError, KernelError
 __all__ = ["PROGRESS_POLL_S", "ToolFailed", "libpq_invocation", "run_with_progress", "tool", "tool_version"]
 
 PROGRESS_POLL_S = 0.25
+PIPE_CHUNK_BYTES = 1024 * 1024
 TOOL_VERSION_TIMEOUT_S = 30
 # The tools' verbose line that starts a table's data, for pg_dump and for pg_restore.
 _TABLE_LINE = re.compile(r'(?:dumping contents of|processing data for) table "(?:[^"]+\.)?([^".]+)"')
@@ -89,59 +93,119 @@ def run_with_progress(
     application_name: str,
     table_rows: Mapping[str, int],
     bar: Any | None,
+    pipe_to: Sequence[str] | None = None,
+    drop_preamble_lines: frozenset[bytes] = frozenset(),
 ) -> None:
     """Run a tool to the end, moving ``bar`` (a tqdm, or None) by the rows its COPYs move.
 
+    Args:
+        args: The tool and its arguments (its verbose stderr names the tables).
+        env: Its environment (``libpq_invocation``).
+        monitor_conninfo: Where ``pg_stat_progress_copy`` is read (the server the COPYs run on).
+        application_name: The ``application_name`` of the session doing the COPYs.
+        table_rows: Rows per table, the bar's unit of progress.
+        bar: A tqdm-like bar (``total``, ``n``, ``update``), or None.
+        pipe_to: A second command fed the first one's stdout (``pg_restore -f - | psql``).
+        drop_preamble_lines: Lines dropped from that stream before its first ``-- Name:``
+            comment, i.e. from the script's ``SET`` preamble only, never from data.
+
     Raises:
-        ToolFailed: the tool exited non-zero (with its last error line).
+        ToolFailed: a command exited non-zero (with its first error line).
     """
     started: list[str] = []
-    stderr_tail: list[str] = []
-    proc = subprocess.Popen(
+    tails: list[list[str]] = []
+    procs: list[subprocess.Popen[bytes]] = []
+    first = subprocess.Popen(
         list(args),
         env=dict(env),
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if pipe_to is not None else subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        text=True,
     )
-
-    def read_stderr() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            match = _TABLE_LINE.search(line)
-            if match:
-                started.append(match.group(1))
-            stderr_tail.append(line.rstrip("\n"))
-            del stderr_tail[:-_STDERR_KEPT_LINES]
-
-    reader = threading.Thread(target=read_stderr, name="pg-tool-stderr", daemon=True)
-    reader.start()
+    procs.append(first)
+    threads = [_stderr_reader(first, started, tails)]
+    if pipe_to is not None:
+        second = subprocess.Popen(
+            list(pipe_to), env=dict(env), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        procs.append(second)
+        threads.append(_stderr_reader(second, [], tails))
+        threads.append(_pump(first, second, drop_preamble_lines))
     monitor = _open_monitor(monitor_conninfo) if bar is not None else None
     try:
-        while proc.poll() is None:
+        while any(p.poll() is None for p in procs):
             if bar is not None:
                 done = sum(table_rows.get(t, 0) for t in started[:-1]) + _copied(monitor, application_name)
                 bar.update(max(0, min(done, int(bar.total or 0)) - bar.n))
-            try:
-                proc.wait(timeout=PROGRESS_POLL_S)
-            except subprocess.TimeoutExpired:
-                continue
+            time.sleep(PROGRESS_POLL_S)
     except BaseException:
-        proc.kill()
-        proc.wait()
+        for p in procs:
+            p.kill()
+            p.wait()
         raise
     finally:
-        reader.join(timeout=10)
-        if proc.stderr is not None:
-            proc.stderr.close()
+        for thread in threads:
+            thread.join(timeout=10)
+        for p in procs:
+            for stream in (p.stdin, p.stdout, p.stderr):
+                if stream is not None:
+                    stream.close()
         if monitor is not None:
             monitor.close()
-    if proc.returncode != 0:
-        errors = [line for line in stderr_tail if "error" in line.lower()] or stderr_tail or ["(no output)"]
-        raise ToolFailed(f"{Path(args[0]).name} failed (exit {proc.returncode}): {errors[0].strip()}")
+    for p, tail in zip(procs, tails, strict=True):
+        if p.returncode != 0:
+            errors = [line for line in tail if "error" in line.lower()] or tail or ["(no output)"]
+            name = Path(str(p.args[0])).name if isinstance(p.args, list) else "tool"
+            raise ToolFailed(f"{name} failed (exit {p.returncode}): {errors[0].strip()}")
     if bar is not None:
         bar.update(int(bar.total or 0) - bar.n)
+
+
+def _stderr_reader(proc: subprocess.Popen[bytes], started: list[str], tails: list[list[str]]) -> threading.Thread:
+    tail: list[str] = []
+    tails.append(tail)
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            match = _TABLE_LINE.search(line)
+            if match:
+                started.append(match.group(1))
+            tail.append(line)
+            del tail[:-_STDERR_KEPT_LINES]
+
+    thread = threading.Thread(target=read, name="pg-tool-stderr", daemon=True)
+    thread.start()
+    return thread
+
+
+def _pump(source: subprocess.Popen[bytes], sink: subprocess.Popen[bytes], drop: frozenset[bytes]) -> threading.Thread:
+    def pump() -> None:
+        assert source.stdout is not None and sink.stdin is not None
+        try:
+            in_preamble = bool(drop)
+            while in_preamble:
+                line = source.stdout.readline()
+                if not line:
+                    break
+                if line.startswith(b"-- Name:"):
+                    in_preamble = False
+                if line not in drop:
+                    sink.stdin.write(line)
+            shutil.copyfileobj(source.stdout, sink.stdin, PIPE_CHUNK_BYTES)
+        except BrokenPipeError:
+            pass  # the sink failed: its exit code and stderr say why
+        # End of input makes psql COMMIT its single transaction: only when the script is complete.
+        # A source that failed half-way gets its sink killed, so the transaction rolls back.
+        if source.wait() != 0:
+            sink.kill()
+        with contextlib.suppress(BrokenPipeError):
+            sink.stdin.close()
+
+    thread = threading.Thread(target=pump, name="pg-tool-pipe", daemon=True)
+    thread.start()
+    return thread
 
 
 def _open_monitor(conninfo: str) -> psycopg.Connection[Any] | None:

@@ -47,6 +47,8 @@ RESTORE_APPLICATION_NAME = "revkernel-restore"
 COPY_CHUNK_BYTES = 1024 * 1024
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
+# server_version_num of the first PostgreSQL that has the transaction_timeout setting.
+TRANSACTION_TIMEOUT_SINCE = 170000
 
 
 @dataclass
@@ -124,6 +126,40 @@ def _compare(restored: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
     return differ
 
 
+def _restore_commands(
+    pg_restore: Path, conninfo: str, dump: Path, server_version_num: int
+) -> tuple[list[str], list[str] | None, frozenset[bytes]]:
+    """(command, piped command, preamble lines to drop) restoring ``dump`` in one transaction.
+
+    pg_restore 18 starts every restore with ``SET transaction_timeout = 0``, a setting servers
+    before 17 do not know, and its ``--exit-on-error`` then aborts. For such a server the dump is
+    turned into a script (``pg_restore -f -``), that one preamble line is dropped, and psql runs it
+    with ``--single-transaction`` and ``ON_ERROR_STOP``: still all of it or nothing.
+    """
+    if server_version_num >= TRANSACTION_TIMEOUT_SINCE:
+        direct = [
+            str(pg_restore),
+            "--exit-on-error",
+            "--single-transaction",
+            "--no-owner",
+            "--no-privileges",
+            "--verbose",
+            f"--dbname={conninfo}",
+            str(dump),
+        ]
+        return direct, None, frozenset()
+    script = [str(pg_restore), "--no-owner", "--no-privileges", "--verbose", "--file=-", str(dump)]
+    psql = [
+        str(tool("psql")),
+        "--no-psqlrc",
+        "--quiet",
+        "--single-transaction",
+        "--set=ON_ERROR_STOP=1",
+        f"--dbname={conninfo}",
+    ]
+    return script, psql, frozenset({b"SET transaction_timeout = 0;\n"})
+
+
 def restore_backup(
     settings: Settings,
     db: Database,
@@ -155,22 +191,22 @@ def restore_backup(
     with connect_url(owner, autocommit=True) as conn:
         if queries.user_objects(conn):
             raise _refuse_target("the target database is not empty: restore only into an empty database")
+        version_row = conn.execute("SELECT current_setting('server_version_num')::int").fetchone()
+    server_version_num = int(version_row[0]) if version_row else 0
     conninfo, env = libpq_invocation(owner, application_name=RESTORE_APPLICATION_NAME)
-    args = [
-        str(pg_restore),
-        "--exit-on-error",
-        "--single-transaction",
-        "--no-owner",
-        "--no-privileges",
-        "--verbose",
-        f"--dbname={conninfo}",
-        str(backup.database),
-    ]
     tables = {k: int(v) for k, v in backup.manifest["tables"].items()}
     bar = progress(sum(tables.values()), "row", "pg_restore") if progress is not None else None
+    command, piped, drop = _restore_commands(pg_restore, conninfo, backup.database, server_version_num)
     try:
         run_with_progress(
-            args, env, monitor_conninfo=owner, application_name=RESTORE_APPLICATION_NAME, table_rows=tables, bar=bar
+            command,
+            env,
+            monitor_conninfo=owner,
+            application_name=RESTORE_APPLICATION_NAME,
+            table_rows=tables,
+            bar=bar,
+            pipe_to=piped,
+            drop_preamble_lines=drop,
         )
     finally:
         if bar is not None:
