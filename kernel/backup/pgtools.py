@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,15 @@ from kernel.db import embedded
 from kernel.db.connect import connect_url
 from kernel.errors import ConfigError, KernelError
 
-__all__ = ["PROGRESS_POLL_S", "ToolFailed", "libpq_invocation", "run_with_progress", "tool", "tool_version"]
+__all__ = [
+    "PROGRESS_POLL_S",
+    "PortableScript",
+    "ToolFailed",
+    "libpq_invocation",
+    "run_with_progress",
+    "tool",
+    "tool_version",
+]
 
 PROGRESS_POLL_S = 0.25
 PIPE_CHUNK_BYTES = 1024 * 1024
@@ -41,6 +49,9 @@ TOOL_VERSION_TIMEOUT_S = 30
 # The tools' verbose line that starts a table's data, for pg_dump and for pg_restore.
 _TABLE_LINE = re.compile(r'(?:dumping contents of|processing data for) table "(?:[^"]+\.)?([^".]+)"')
 _STDERR_KEPT_LINES = 200
+# server_version_num of the first PostgreSQL with the transaction_timeout setting.
+TRANSACTION_TIMEOUT_SINCE = 170000
+_ATTOPTIONS = re.compile(rb"^(?P<head>ALTER TABLE ONLY .+ ALTER COLUMN .+) SET \((?P<options>[^()]*)\);\n$")
 _COPY_PROGRESS = """
 SELECT coalesce(sum(p.tuples_processed), 0)
 FROM pg_stat_progress_copy p JOIN pg_stat_activity a ON a.pid = p.pid
@@ -52,6 +63,47 @@ class ToolFailed(KernelError):
     """A PostgreSQL client tool exited non-zero; the message is its last error line."""
 
     code = "pg_tool_failed"
+
+
+class PortableScript:
+    """Rewrites a ``pg_restore -f -`` script so that any PostgreSQL 15+ server accepts it.
+
+    Two lines the wheel's tools write are not portable, and neither carries data:
+
+    - ``SET transaction_timeout = 0;``: pg_restore 18 writes it whatever the target, and servers
+      before 17 do not know the setting (dropped for them only);
+    - ``ALTER TABLE ONLY … ALTER COLUMN … SET (pg_attver=N);``: recent PostgreSQL 15 minor
+      releases keep a server-managed ``pg_attver`` among every column's options; their own pg_dump
+      leaves it out, pg_dump 18.6 does not, and servers without it refuse it. The server sets it
+      itself when it creates a column, so the item is dropped (and the line, when nothing is left).
+
+    Rows of ``COPY … FROM stdin;`` blocks are never looked at: the filter tracks them to ``\\.``.
+    """
+
+    def __init__(self, *, target_server_version_num: int) -> None:
+        self.drop_transaction_timeout = target_server_version_num < TRANSACTION_TIMEOUT_SINCE
+        self.in_copy = False
+        self.dropped = 0
+
+    def __call__(self, line: bytes) -> bytes | None:
+        if self.in_copy:
+            if line == b"\\.\n":
+                self.in_copy = False
+            return line
+        if line.startswith(b"COPY ") and line.rstrip().endswith(b" FROM stdin;"):
+            self.in_copy = True
+            return line
+        if self.drop_transaction_timeout and line == b"SET transaction_timeout = 0;\n":
+            self.dropped += 1
+            return None
+        match = _ATTOPTIONS.match(line)
+        if match is None or b"pg_attver=" not in match["options"]:
+            return line
+        self.dropped += 1
+        kept = [o for o in match["options"].split(b", ") if not o.startswith(b"pg_attver=")]
+        if not kept:
+            return None
+        return match["head"] + b" SET (" + b", ".join(kept) + b");\n"
 
 
 def tool(name: str) -> Path:
@@ -94,7 +146,7 @@ def run_with_progress(
     table_rows: Mapping[str, int],
     bar: Any | None,
     pipe_to: Sequence[str] | None = None,
-    drop_preamble_lines: frozenset[bytes] = frozenset(),
+    rewrite: Callable[[bytes], bytes | None] | None = None,
 ) -> None:
     """Run a tool to the end, moving ``bar`` (a tqdm, or None) by the rows its COPYs move.
 
@@ -106,8 +158,8 @@ def run_with_progress(
         table_rows: Rows per table, the bar's unit of progress.
         bar: A tqdm-like bar (``total``, ``n``, ``update``), or None.
         pipe_to: A second command fed the first one's stdout (``pg_restore -f - | psql``).
-        drop_preamble_lines: Lines dropped from that stream before its first ``-- Name:``
-            comment, i.e. from the script's ``SET`` preamble only, never from data.
+        rewrite: Applied to every line of that stream (None drops the line), e.g.
+            ``PortableScript``.
 
     Raises:
         ToolFailed: a command exited non-zero (with its first error line).
@@ -130,7 +182,7 @@ def run_with_progress(
         )
         procs.append(second)
         threads.append(_stderr_reader(second, [], tails))
-        threads.append(_pump(first, second, drop_preamble_lines))
+        threads.append(_pump(first, second, rewrite))
     monitor = _open_monitor(monitor_conninfo) if bar is not None else None
     try:
         while any(p.poll() is None for p in procs):
@@ -180,20 +232,19 @@ def _stderr_reader(proc: subprocess.Popen[bytes], started: list[str], tails: lis
     return thread
 
 
-def _pump(source: subprocess.Popen[bytes], sink: subprocess.Popen[bytes], drop: frozenset[bytes]) -> threading.Thread:
+def _pump(
+    source: subprocess.Popen[bytes], sink: subprocess.Popen[bytes], rewrite: Callable[[bytes], bytes | None] | None
+) -> threading.Thread:
     def pump() -> None:
         assert source.stdout is not None and sink.stdin is not None
         try:
-            in_preamble = bool(drop)
-            while in_preamble:
-                line = source.stdout.readline()
-                if not line:
-                    break
-                if line.startswith(b"-- Name:"):
-                    in_preamble = False
-                if line not in drop:
-                    sink.stdin.write(line)
-            shutil.copyfileobj(source.stdout, sink.stdin, PIPE_CHUNK_BYTES)
+            if rewrite is None:
+                shutil.copyfileobj(source.stdout, sink.stdin, PIPE_CHUNK_BYTES)
+            else:
+                for line in source.stdout:
+                    kept = rewrite(line)
+                    if kept is not None:
+                        sink.stdin.write(kept)
         except BrokenPipeError:
             pass  # the sink failed: its exit code and stderr say why
         # End of input makes psql COMMIT its single transaction: only when the script is complete.

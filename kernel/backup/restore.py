@@ -7,9 +7,10 @@ Order, so that a refused restore writes nothing anywhere:
 2. The target is empty: with the embedded server, the data directory has no entries at all; with
    ``DATABASE_URL``, the database has no relations or functions outside the system schemas and
    the data directory holds no archive or signing key the backup would overwrite.
-3. ``pg_restore --single-transaction --exit-on-error --no-owner --no-privileges``: all of the
-   dump or nothing. Objects belong to the restoring owner; the roles and grants are then
-   re-applied from ``sql/roles.sql`` (roles are cluster-wide, a dump of one database has none).
+3. ``pg_restore --no-owner --no-privileges -f - | psql --single-transaction -v ON_ERROR_STOP=1``,
+   the script made portable on the way (``PortableScript``): all of the dump or nothing.
+   Objects belong to the restoring owner; the roles and grants are then re-applied from
+   ``sql/roles.sql`` (roles are cluster-wide, a dump of one database has none).
 4. The restored database is compared with the manifest: every migration applied with the code's
    checksum, every table's row count, every site's latest snapshot hash and every
    ``ledger_archive`` row. Any difference is an error (``restore_mismatch``).
@@ -31,7 +32,7 @@ from typing import Any
 
 from kernel.backup import queries
 from kernel.backup.manifest import SIGNING_KEY_FILE, CheckedBackup, check_backup
-from kernel.backup.pgtools import libpq_invocation, run_with_progress, tool
+from kernel.backup.pgtools import PortableScript, libpq_invocation, run_with_progress, tool
 from kernel.clock import SystemClock
 from kernel.cron.cleanup import archive_path
 from kernel.cron.keystore import SIGNING_KEY_ENV, signing_key_path
@@ -47,8 +48,6 @@ RESTORE_APPLICATION_NAME = "revkernel-restore"
 COPY_CHUNK_BYTES = 1024 * 1024
 PRIVATE_DIR = 0o700
 PRIVATE_FILE = 0o600
-# server_version_num of the first PostgreSQL that has the transaction_timeout setting.
-TRANSACTION_TIMEOUT_SINCE = 170000
 
 
 @dataclass
@@ -126,28 +125,13 @@ def _compare(restored: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
     return differ
 
 
-def _restore_commands(
-    pg_restore: Path, conninfo: str, dump: Path, server_version_num: int
-) -> tuple[list[str], list[str] | None, frozenset[bytes]]:
-    """(command, piped command, preamble lines to drop) restoring ``dump`` in one transaction.
+def _restore_commands(pg_restore: Path, conninfo: str, dump: Path) -> tuple[list[str], list[str]]:
+    """(pg_restore writing the script, psql running it in one transaction) for ``dump``.
 
-    pg_restore 18 starts every restore with ``SET transaction_timeout = 0``, a setting servers
-    before 17 do not know, and its ``--exit-on-error`` then aborts. For such a server the dump is
-    turned into a script (``pg_restore -f -``), that one preamble line is dropped, and psql runs it
-    with ``--single-transaction`` and ``ON_ERROR_STOP``: still all of it or nothing.
+    The script goes through ``PortableScript`` on its way (tool/server version differences), so
+    the restore is ``pg_restore -f - | psql --single-transaction -v ON_ERROR_STOP=1``: all of it
+    or nothing, on PostgreSQL 15 to 18 alike.
     """
-    if server_version_num >= TRANSACTION_TIMEOUT_SINCE:
-        direct = [
-            str(pg_restore),
-            "--exit-on-error",
-            "--single-transaction",
-            "--no-owner",
-            "--no-privileges",
-            "--verbose",
-            f"--dbname={conninfo}",
-            str(dump),
-        ]
-        return direct, None, frozenset()
     script = [str(pg_restore), "--no-owner", "--no-privileges", "--verbose", "--file=-", str(dump)]
     psql = [
         str(tool("psql")),
@@ -157,7 +141,7 @@ def _restore_commands(
         "--set=ON_ERROR_STOP=1",
         f"--dbname={conninfo}",
     ]
-    return script, psql, frozenset({b"SET transaction_timeout = 0;\n"})
+    return script, psql
 
 
 def restore_backup(
@@ -196,7 +180,7 @@ def restore_backup(
     conninfo, env = libpq_invocation(owner, application_name=RESTORE_APPLICATION_NAME)
     tables = {k: int(v) for k, v in backup.manifest["tables"].items()}
     bar = progress(sum(tables.values()), "row", "pg_restore") if progress is not None else None
-    command, piped, drop = _restore_commands(pg_restore, conninfo, backup.database, server_version_num)
+    command, piped = _restore_commands(pg_restore, conninfo, backup.database)
     try:
         run_with_progress(
             command,
@@ -206,7 +190,7 @@ def restore_backup(
             table_rows=tables,
             bar=bar,
             pipe_to=piped,
-            drop_preamble_lines=drop,
+            rewrite=PortableScript(target_server_version_num=server_version_num),
         )
     finally:
         if bar is not None:
