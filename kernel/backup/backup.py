@@ -174,7 +174,7 @@ def backup_database(
     out_dir: Path,
     *,
     include_signing_key: bool = False,
-    progress: Callable[[int, str], Any] | None = None,
+    progress: Callable[[int, str, str], Any] | None = None,
 ) -> BackupResult:
     """Write one consistent backup of the kernel's database, archives and manifest to ``out_dir``.
 
@@ -183,7 +183,7 @@ def backup_database(
         db: The resolved database (the embedded server is started if needed).
         out_dir: A new or empty directory.
         include_signing_key: Also copy the snapshot signing key (mode 0600).
-        progress: ``progress(total_rows, description)`` returns a tqdm-like bar, or None.
+        progress: ``progress(total, unit, description)`` returns a tqdm-like bar, or None.
 
     Raises:
         Conflict: ``out_dir`` is not empty.
@@ -221,7 +221,7 @@ def backup_database(
                     "--verbose",
                     f"--dbname={conninfo}",
                 ]
-                bar = progress(sum(tables.values()), "pg_dump") if progress is not None else None
+                bar = progress(sum(tables.values()), "row", "pg_dump") if progress is not None else None
                 try:
                     run_with_progress(
                         args, env, monitor_conninfo=owner, application_name=app_name, table_rows=tables, bar=bar

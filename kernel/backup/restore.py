@@ -197,6 +197,8 @@ def restore_backup(
             bar.close()
 
     result = RestoreResult(target=target, backup=backup, tables={})
+    for problem in backup.manifest.get("damaged", []):
+        result.notes.append(f"the backup recorded damage in its source store: {problem}")
     with connect_url(owner) as conn:
         migrations.apply_roles(conn)
         states = migrations.status(conn)

@@ -132,13 +132,8 @@ def db_backup(cli: CliContext, out_dir: Path, include_signing_key: bool, progres
     """One consistent backup (pg_dump custom format), the ledger archives and a manifest; safe while serving."""
     from kernel.backup import backup_database
 
-    make = progress_bars(progress)
     result = backup_database(
-        cli.settings,
-        cli.db,
-        out_dir,
-        include_signing_key=include_signing_key,
-        progress=(lambda total, desc: make(total, "row", desc)) if make is not None else None,
+        cli.settings, cli.db, out_dir, include_signing_key=include_signing_key, progress=progress_bars(progress)
     )
     manifest = result.manifest
     if include_signing_key:
