@@ -49,6 +49,7 @@ from kernel.clock import SystemClock, format_utc
 from kernel.cron.keystore import SIGNING_KEY_ENV, load_signing_key, signing_key_path
 from kernel.db.connect import Database, connect_url
 from kernel.errors import Conflict, InputError
+from kernel.ledger import SigningKey
 from kernel.settings import Settings
 
 __all__ = ["BACKUP_APPLICATION_NAME", "BackupResult", "backup_database"]
@@ -141,14 +142,18 @@ def _copy_archives(
     return entries, files
 
 
-def _write_signing_key(settings: Settings, out_dir: Path) -> tuple[BackupFile, str]:
+def _signing_key(settings: Settings) -> SigningKey:
+    """The deployment's signing key, for --include-signing-key; never creates one."""
     env_key = settings.extra.get(SIGNING_KEY_ENV, "").strip()
     if not env_key and not signing_key_path(settings).exists():
         raise InputError(
             f"no signing key to include: {SIGNING_KEY_ENV} is unset and {signing_key_path(settings)} does not exist",
             code="signing_key_not_found",
         )
-    key = load_signing_key(settings)  # validates the seed; never creates one here (it exists)
+    return load_signing_key(settings)  # validates the seed; it exists, so nothing is created
+
+
+def _write_signing_key(key: SigningKey, out_dir: Path) -> BackupFile:
     target = out_dir / SIGNING_KEY_FILE
     target.parent.mkdir(mode=PRIVATE_DIR, exist_ok=True)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
@@ -157,7 +162,7 @@ def _write_signing_key(settings: Settings, out_dir: Path) -> tuple[BackupFile, s
         handle.flush()
         os.fsync(handle.fileno())
     digest, size = file_sha256(target)
-    return BackupFile(SIGNING_KEY_FILE, "signing_key", size, digest), key.key_id
+    return BackupFile(SIGNING_KEY_FILE, "signing_key", size, digest)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -191,6 +196,7 @@ def backup_database(
     """
     pg_dump = tool("pg_dump")
     dump_version = tool_version("pg_dump")
+    key = _signing_key(settings) if include_signing_key else None  # refused before any work
     owner = db.owner_conninfo()
     out_dir = _prepare_out(out_dir)
     damaged: list[str] = []
@@ -235,10 +241,8 @@ def backup_database(
             files.append(BackupFile(DATABASE_FILE, "database", size, digest))
             archives, archive_files = _copy_archives(archive_rows, out_dir, damaged)
             files.extend(archive_files)
-            key_id: str | None = None
-            if include_signing_key:
-                key_file, key_id = _write_signing_key(settings, out_dir)
-                files.append(key_file)
+            if key is not None:
+                files.append(_write_signing_key(key, out_dir))
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -256,7 +260,7 @@ def backup_database(
             "tables": tables,
             "sites": sites,
             "archives": archives,
-            "signing_key": {"included": include_signing_key, "key_id": key_id},
+            "signing_key": {"included": key is not None, "key_id": key.key_id if key is not None else None},
             "damaged": damaged,
             "files": [f.to_json() for f in files],
         }

@@ -83,6 +83,7 @@ MANIFEST_MAX_BYTES = 64 * 1024 * 1024
 FILE_MAX_BYTES = 16 * 1024**4
 MAX_FILES = 5_000_000
 HASH_CHUNK_BYTES = 1024 * 1024
+DAMAGE_NOTE_MAX_CHARS = 2000
 
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _YEAR_MONTH = r"\d{4}-(?:0[1-9]|1[0-2])"
@@ -244,6 +245,12 @@ def parse_manifest(document: dict[str, Any]) -> dict[str, BackupFile]:
         assert match is not None
         if (archive.get("site_id"), archive.get("year_month")) != (match["site_id"], match["year_month"]):
             raise _refuse(f"archive entry for {path} names another site-month", "manifest_unreadable")
+    damaged = document.get("damaged", [])
+    # Shown to the operator as notes: plain, short text only (no terminal control sequences).
+    if not isinstance(damaged, list) or not all(
+        isinstance(d, str) and len(d) <= DAMAGE_NOTE_MAX_CHARS and d.isprintable() for d in damaged
+    ):
+        raise _refuse("manifest field 'damaged' must be a list of short printable strings", "manifest_unreadable")
     signing = document.get("signing_key")
     included = isinstance(signing, dict) and signing.get("included") is True
     if included != (SIGNING_KEY_FILE in files):

@@ -122,6 +122,12 @@ def _kind_lie(backup: Path, outside: Path) -> None:
     _save(backup, document)
 
 
+def _terminal_escape_note(backup: Path, outside: Path) -> None:
+    document = _manifest(backup)
+    document["damaged"] = ["\x1b]0;pwned\x07\x1b[2J"]
+    _save(backup, document)
+
+
 ATTACKS: list[tuple[str, Callable[[Path, Path], None], str]] = [
     ("path ../../etc/passwd", _names_outside("../../etc/passwd"), "unsafe_path"),
     ("path into the parent", _names_outside("../outside/victim.txt"), "unsafe_path"),
@@ -141,6 +147,7 @@ ATTACKS: list[tuple[str, Callable[[Path, Path], None], str]] = [
     ("future format version", _future_format, "manifest_unsupported"),
     ("archive entry names an unlisted file", _archive_entry_unlisted, "archive_not_listed"),
     ("kind contradicts the path", _kind_lie, "manifest_unreadable"),
+    ("terminal escapes in a note", _terminal_escape_note, "manifest_unreadable"),
 ]
 
 
