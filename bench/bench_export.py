@@ -212,7 +212,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     build_packet(db, site_ref=str(site.id), year_month=MONTH, disputed_keys=disputed, out=packet_path, clock=clock)
     packet_s = time.perf_counter() - started
     started = time.perf_counter()
-    verification = verify_packet(packet_path, trusted_keys=[key.key_id])
+    verification = verify_packet(packet_path, trusted_keys=[key.public_key.hex()])
     verify_s = time.perf_counter() - started
     ratio = http["rows_per_s"] / baseline
     return {
