@@ -247,11 +247,11 @@ def open_zip_packet(path: Path) -> Iterator[PacketFiles]:
             infos = archive.infolist()
             if len(infos) > MAX_PACKET_FILES:
                 raise PacketReadError("packet_too_large", f"{len(infos)} files, more than {MAX_PACKET_FILES}")
+            _check_declared_sizes({info.filename: info.file_size for info in infos})
             for info in infos:
                 problem = _member_problem(info)
                 if problem is not None:
                     raise problem
-            _check_declared_sizes({info.filename: info.file_size for info in infos})
             _check_no_overlap(infos, file_bytes)
             yield _ZipPacket(archive, {info.filename: info for info in infos}, [info.filename for info in infos])
 
