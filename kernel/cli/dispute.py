@@ -28,8 +28,9 @@ EXIT_PASSED = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_UNPINNED = 3
-# A packet's text reaches the terminal: control characters (ANSI escapes, CR) are shown, not run.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# A packet's text reaches the terminal: control characters (ANSI escapes, CR) and bidi overrides are
+# shown escaped, never run or rendered.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 @click.group("dispute")
