@@ -5,7 +5,7 @@ committed, and ``tests/export/test_hostile_packets.py`` checks that this script 
 exactly them. Everything is deterministic: a fixed signing seed, fixed rows, fixed zip dates.
 
 ``good.zip`` is a genuine v1 packet (built with the packet builder's own functions from fixed rows,
-signed with ``CORPUS_SEED``); every other file attacks one reader of the verifier. ``CASES`` names,
+signed with ``CORPUS_SEED``); every other file attacks one reader of the verifier. ``_case_table`` names,
 for each, the reason code the verifier must report first: written here by hand, never by running
 the verifier. ``expected.json`` is that table.
 """
