@@ -78,4 +78,5 @@ def run_dispute_demo(run: DemoRun) -> None:
         f" {len(keys)} disputed event(s); packet verified offline ({len(verification.checks)} checks pass)"
     )
     run.echo(f"  packet: {out}")
-    run.notes.append(f"check the dispute packet yourself: .venv/bin/revkernel dispute verify {out}")
+    pin = f" --trusted-key {trusted[0]}" if trusted else ""
+    run.notes.append(f"check the dispute packet yourself: .venv/bin/revkernel dispute verify {out}{pin}")

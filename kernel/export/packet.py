@@ -35,7 +35,15 @@ import psycopg
 from kernel.clock import Clock, format_utc
 from kernel.db.connect import Database
 from kernel.errors import Conflict, InputError
-from kernel.export.csv import CsvDigest, ExportTally, export_chunks, export_filename
+from kernel.export.csv import (
+    FORMULA_BLANKS,
+    FORMULA_TRIGGERS,
+    LEADING_TRIGGERS,
+    CsvDigest,
+    ExportTally,
+    export_chunks,
+    export_filename,
+)
 from kernel.export.manifest import month_manifest, snapshot_disagreements
 from kernel.export.proofs import MerkleLevels
 from kernel.export.queries import SnapshotRecord, load_snapshot, record_audit
@@ -310,6 +318,10 @@ def verify_instructions(site_id: uuid.UUID, year_month: str, csv_name: str, snap
         csv_name=csv_name,
         key_id=snapshot.key_id,
         snapshot_hash=snapshot.snapshot_hash,
+        # The formula-neutralisation rule of kernel.export.csv, spelled out for a script with no kernel.
+        formula_blanks=FORMULA_BLANKS,
+        formula_triggers=FORMULA_TRIGGERS,
+        leading_triggers=LEADING_TRIGGERS,
     )
 
 
@@ -343,8 +355,10 @@ openssl pkeyutl -verify -pubin -inkey pub.pem -rawin -in snapshot.json -sigfile 
 
 ## 3. The CSV is exactly the invoiced month
 `{csv_name}` holds every ledger row of the month, billable or not, ordered by `created_at`, then
-`idempotency_key` compared bytewise. Cells that began with `= + - @ '`, a tab or a CR carry one
-extra leading `'` (spreadsheet formula protection): remove it before hashing.
+`idempotency_key` compared bytewise. Spreadsheet formula protection: a cell whose first non-blank
+character is `= + - @` (or their fullwidth forms U+FF1D, U+FF0B, U+FF0D, U+FF20), or that began
+with a tab, CR, LF or `'`, carries one extra leading `'`; `restore` in the script below removes it
+before hashing.
 
 - rows with `billable` = `true` are the invoice: their number is `billable_count`, those in state
   `OVERAGE` are `overage_count`; `REJECTED_QUOTA` rows are `rejected_count`; the other
@@ -362,7 +376,11 @@ def root(leaves):
     if len(leaves) == 1: return h(b"\\x00" + leaves[0])
     k = 1 << ((len(leaves) - 1).bit_length() - 1)
     return h(b"\\x01" + root(leaves[:k]) + root(leaves[k:]))
-def restore(cell): return cell[1:] if cell[:1] == "'" and cell[1:2] in ("=", "+", "-", "@", "\\t", "\\r", "'") else cell
+BLANKS, TRIGGERS, LEADING = {formula_blanks!r}, {formula_triggers!r}, {leading_triggers!r}
+def protected(v):
+    first = v[:1]
+    return first in LEADING + TRIGGERS or (first != "" and first in BLANKS and v.lstrip(BLANKS)[:1] in TRIGGERS)
+def restore(cell): return cell[1:] if cell[:1] == "'" and protected(cell[1:]) else cell
 with open(sys.argv[1], newline="", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
 leaves = [f"{{restore(r['idempotency_key'])}}\\t{{r['created_at']}}\\t{{r['billing_state']}}".encode()
