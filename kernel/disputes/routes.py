@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio.to_thread
 import psycopg
 from litestar import Request, Response, get, post
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import FromQuery
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from kernel.cron.keystore import load_signing_key
 from kernel.disputes import queries, service
@@ -116,7 +116,7 @@ def _case_for(conn: psycopg.Connection[Any], key: ApiKey, case_id: str, *, write
     responses={**_MOVE_ERRORS},
     status_code=201,
 )
-async def open_dispute(request: Request[Any, Any, Any], data: OpenCaseIn) -> Response[CaseAnswer]:
+async def open_dispute(request: Request[Any, Any, Any], data: JSONBody[OpenCaseIn]) -> Response[CaseAnswer]:
     """Open a case (the disputed keys, or ``whole_month``) and hold its month in the same transaction."""
 
     def work(state: AppState, conn: psycopg.Connection[Any], key: ApiKey) -> CaseAnswer:
@@ -149,7 +149,7 @@ async def list_disputes(
     request: Request[Any, Any, Any],
     site_id: FromQuery[str | None] = None,
     year_month: FromQuery[str | None] = None,
-    state: FromQuery[str | None] = None,
+    case_state: Annotated[str | None, QueryParameter(name="state")] = None,
 ) -> CaseList:
     """Cases newest first. A site token lists its own site when ``site_id`` is absent; a platform
     admin without ``site_id`` lists every site. ``state`` is one state or a comma-separated list."""
@@ -162,7 +162,7 @@ async def list_disputes(
             site = None
         else:
             site = key.site_id or uuid.UUID(int=0)
-        states = [s.strip() for s in state.split(",") if s.strip()] if state else None
+        states = [s.strip() for s in case_state.split(",") if s.strip()] if case_state else None
         month = parse_year_month(year_month) if year_month is not None else None
         if site is not None:
             authorize_site(key, site, site_exists=queries.site_exists(conn, site), write=False)
@@ -178,7 +178,7 @@ async def list_disputes(
     summary="A dispute case with its hold, correction and history",
     responses={**_ERRORS},
 )
-async def show_dispute(request: Request[Any, Any, Any], case_id: str) -> CaseDetailAnswer:
+async def show_dispute(request: Request[Any, Any, Any], case_id: FromPath[str]) -> CaseDetailAnswer:
     """The case, its month's hold, its signed correction and every ``audit_log`` row of it."""
 
     def work(_: AppState, conn: psycopg.Connection[Any], key: ApiKey) -> CaseDetailAnswer:
@@ -195,7 +195,9 @@ async def show_dispute(request: Request[Any, Any, Any], case_id: str) -> CaseDet
     responses={**_MOVE_ERRORS},
     status_code=200,
 )
-async def investigate_dispute(request: Request[Any, Any, Any], case_id: str, data: NoteIn | None = None) -> CaseAnswer:
+async def investigate_dispute(
+    request: Request[Any, Any, Any], case_id: FromPath[str], data: JSONBody[NoteIn | None] = None
+) -> CaseAnswer:
     """``open → investigating``; again on an investigating case: ``changed: false``."""
     note = data.note if data is not None else ""
 
@@ -214,7 +216,9 @@ async def investigate_dispute(request: Request[Any, Any, Any], case_id: str, dat
     responses={**_MOVE_ERRORS},
     status_code=200,
 )
-async def resolve_dispute(request: Request[Any, Any, Any], case_id: str, data: ResolveCaseIn) -> CaseAnswer:
+async def resolve_dispute(
+    request: Request[Any, Any, Any], case_id: FromPath[str], data: JSONBody[ResolveCaseIn]
+) -> CaseAnswer:
     """``investigating → resolved`` as upheld / partially upheld (with a credit) or rejected."""
 
     def work(state: AppState, conn: psycopg.Connection[Any], key: ApiKey) -> CaseAnswer:
@@ -242,7 +246,9 @@ async def resolve_dispute(request: Request[Any, Any, Any], case_id: str, data: R
     responses={**_MOVE_ERRORS},
     status_code=200,
 )
-async def close_dispute(request: Request[Any, Any, Any], case_id: str, data: NoteIn | None = None) -> CaseAnswer:
+async def close_dispute(
+    request: Request[Any, Any, Any], case_id: FromPath[str], data: JSONBody[NoteIn | None] = None
+) -> CaseAnswer:
     """``resolved → closed``; the hold is released unless another case of the month is open."""
     note = data.note if data is not None else ""
 
