@@ -250,7 +250,8 @@ def case_history(conn: psycopg.Connection[Any], site_id: uuid.UUID, case_id: uui
     return conn.execute(
         """
         SELECT at, actor, action, details FROM audit_log
-        WHERE site_id = %s AND action LIKE 'dispute_%%' AND details->>'case_id' = %s
+        WHERE site_id = %s AND (action LIKE 'dispute_%%' OR action = 'invoice_correction')
+          AND details->>'case_id' = %s
         ORDER BY at, id
         """,
         (site_id, str(case_id)),

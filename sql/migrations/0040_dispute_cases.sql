@@ -39,7 +39,9 @@ CREATE TABLE invoice_corrections (
     case_id uuid NOT NULL UNIQUE,
     site_id uuid NOT NULL REFERENCES sites (id),
     year_month text NOT NULL CHECK (year_month ~ '^\d{4}-(0[1-9]|1[0-2])$'),
-    snapshot_hash text NOT NULL REFERENCES invoice_snapshot (snapshot_hash),
+    -- The corrected snapshot's hash. Not a foreign key: invoice_snapshot must keep refusing a
+    -- TRUNCATE with its own append-only trigger, not with a foreign-key error.
+    snapshot_hash text NOT NULL CHECK (snapshot_hash ~ '^[0-9a-f]{64}$'),
     prev_correction_hash text REFERENCES invoice_corrections (correction_hash),
     outcome text NOT NULL CHECK (outcome IN ('upheld', 'partially_upheld')),
     credited_count bigint NOT NULL CHECK (credited_count > 0),

@@ -235,6 +235,7 @@ def test_the_workflow_from_complaint_to_signed_credit(client: TestClient[Any], w
         "dispute_open",
         "dispute_hold_placed",
         "dispute_investigate",
+        "invoice_correction",
         "dispute_resolve",
     ]
     closed = client.post(f"{BASE}/{case_id}/close", headers=token)  # no body: the note is optional
