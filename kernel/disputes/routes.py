@@ -162,7 +162,7 @@ async def list_disputes(
             site = None
         else:
             site = key.site_id or uuid.UUID(int=0)
-        states = [s.strip() for s in case_state.split(",") if s.strip()] if case_state else None
+        states = service.parse_states([s.strip() for s in case_state.split(",") if s.strip()] if case_state else None)
         month = parse_year_month(year_month) if year_month is not None else None
         if site is not None:
             authorize_site(key, site, site_exists=queries.site_exists(conn, site), write=False)

@@ -36,7 +36,7 @@ from kernel.clock import Clock, format_utc
 from kernel.cron.keystore import register_public_key
 from kernel.disputes import queries
 from kernel.disputes.document import CREDIT_OUTCOMES, MAX_CREDITED_KEYS, MAX_REASON_CHARS, CorrectionDocument
-from kernel.disputes.lifecycle import OUTCOMES, IllegalTransition, require_transition
+from kernel.disputes.lifecycle import CASE_STATES, OUTCOMES, IllegalTransition, require_transition
 from kernel.disputes.queries import CaseRecord, CorrectionRecord, HoldRecord, LedgerState
 from kernel.errors import Conflict, InputError, NotFound
 from kernel.export.packet import parse_disputed_keys
@@ -60,6 +60,7 @@ __all__ = [
     "investigate_case",
     "open_case",
     "parse_case_id",
+    "parse_states",
     "resolve_case",
 ]
 
@@ -467,6 +468,14 @@ def get_case(conn: psycopg.Connection[Any], case_id: uuid.UUID) -> CaseDetail:
     )
 
 
+def parse_states(states: Sequence[str] | None) -> list[str] | None:
+    """Case states to filter by (None: all), else ``InputError`` 400 ``invalid_state``."""
+    for state in states or ():
+        if state not in CASE_STATES:
+            raise InputError(f"state must be one of {', '.join(CASE_STATES)}, got {state!r}", code="invalid_state")
+    return list(states) if states else None
+
+
 def find_cases(
     conn: psycopg.Connection[Any],
     *,
@@ -477,11 +486,7 @@ def find_cases(
 ) -> list[CaseRecord]:
     """Cases newest first (at most ``MAX_LISTED_CASES``), by site (None: all), month and states."""
     month = parse_year_month(year_month) if year_month else None
-    from kernel.disputes.lifecycle import CASE_STATES
-
-    for state in states or ():
-        if state not in CASE_STATES:
-            raise InputError(f"state must be one of {', '.join(CASE_STATES)}, got {state!r}", code="invalid_state")
+    states = parse_states(states)
     return queries.list_cases(
         conn, site_id=site_id, year_month=month, states=states, limit=max(1, min(limit, MAX_LISTED_CASES))
     )

@@ -83,19 +83,25 @@ def test_rbac_matrix_every_caller_every_target(
     own_case = _case(app_conn, world, world.own.site_id)
     other_case = _case(app_conn, world, world.other.site_id, ("other-1",))
     targets = {"own": own_case, "other": other_case, "unknown": str(uuid.uuid4())}
-    denied: dict[str, set[tuple[str, str]]] = {"read": set(), "write": set()}
+    denied: dict[str, set[tuple[str, str]]] = {"read": set(), "write": set(), "close": set(), "resolve": set()}
     failures: list[str] = []
     for caller, token in _callers(world).items():
         for target, case_id in targets.items():
+            refused_credit = {"outcome": "upheld", "credit": {"reason": "x", "keys": [REJECTED]}}
             for kind, response in (
                 ("read", client.get(f"{BASE}/{case_id}", headers=bearer(token))),
                 ("write", client.post(f"{BASE}/{case_id}/investigate", json={"note": caller}, headers=bearer(token))),
+                # Allowed callers get past authorisation to the state rules: 409 / 422, nothing written.
+                ("close", client.post(f"{BASE}/{case_id}/close", json={"note": caller}, headers=bearer(token))),
+                ("resolve", client.post(f"{BASE}/{case_id}/resolve", json=refused_credit, headers=bearer(token))),
             ):
                 where = f"{kind} {caller} → {target}: {response.status_code} {response.text[:160]}"
                 body = response.json()
                 allowed = READERS if kind == "read" else WRITERS
                 if caller in UNAUTHENTICATED:
                     ok = (response.status_code, body["error"]) == (401, "unauthorized")
+                elif _role(caller) in allowed and target in _home(caller) and kind in ("close", "resolve"):
+                    ok = response.status_code in (409, 422) and body["error"] != "billing_view_required"
                 elif _role(caller) in allowed and target in _home(caller):
                     ok = response.status_code == 200 and body["case"]["case_id"] == case_id
                 elif caller == "platform admin" and target == "unknown":
@@ -107,7 +113,8 @@ def test_rbac_matrix_every_caller_every_target(
                     failures.append(where)
     assert not failures, "\n".join(failures)
     # A viewer, another tenant's case and a case that does not exist: one and the same answer.
-    assert len(denied["read"]) == 1 and len(denied["write"]) == 1, denied
+    assert all(len(bodies) == 1 for bodies in denied.values()), denied
+    assert app_conn.execute("SELECT count(*) FROM invoice_corrections").fetchone() == (0,)
 
 
 def test_open_rbac_and_no_existence_leak(
@@ -275,6 +282,8 @@ def test_bad_input_is_400_with_a_stable_code_and_credentials_come_first(
     assert client.get(f"{BASE}/not-a-uuid").status_code == 401
     bad_list = client.get(BASE, params={"year_month": "10-2026"}, headers=token)
     assert (bad_list.status_code, bad_list.json()["error"]) == (400, "invalid_year_month")
+    bad_state = client.get(BASE, params={"state": "open,lost"}, headers=bearer(world.other.tokens["viewer"]))
+    assert (bad_state.status_code, bad_state.json()["error"]) == (400, "invalid_state")
     case_id = _case(app_conn, world, world.own.site_id)
     before = counts(app_conn)
     outcome = client.post(f"{BASE}/{case_id}/resolve", json={"outcome": "maybe"}, headers=token)
