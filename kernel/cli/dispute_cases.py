@@ -23,6 +23,7 @@ from kernel.disputes.invoice import month_invoices, site_month_invoice
 from kernel.disputes.lifecycle import OUTCOMES
 from kernel.disputes.schemas import CaseView, case_answer, case_detail_answer, case_list, to_json
 from kernel.errors import InputError
+from kernel.export.packet import PacketResult
 from kernel.tenants import resolve_site
 
 __all__ = ["add_case_commands", "case_packet"]
@@ -276,7 +277,7 @@ def add_case_commands(group: click.Group) -> None:
 
 def case_packet(
     cli: CliContext, case_id: str, *, out: Path, render_report: bool, other: tuple[str | None, str | None, str]
-) -> Any:
+) -> PacketResult:
     """``dispute packet --case ID``: the case's month and keys; ``--site/--year-month/--keys`` are refused."""
     if any(other):
         raise InputError(

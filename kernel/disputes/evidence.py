@@ -22,7 +22,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -32,6 +32,9 @@ from kernel.disputes import queries
 from kernel.disputes.document import CORRECTION_VERSION, CorrectionDocument
 from kernel.disputes.queries import CaseRecord, CorrectionRecord
 from kernel.ledger import SnapshotDocument
+
+if TYPE_CHECKING:
+    from kernel.export.packet import PacketResult
 
 __all__ = [
     "PacketCorrections",
@@ -122,10 +125,8 @@ def build_case_packet(
     clock: Clock,
     actor: str,
     render_report: bool = True,
-) -> Any:
+) -> PacketResult:
     """The evidence packet of a case: its month, its disputed keys, its state and corrections.
-
-    Returns the ``kernel.export.packet.PacketResult``.
 
     Raises:
         NotFound: unknown case. Everything ``build_packet`` raises (``month_not_frozen``, …).
