@@ -130,7 +130,7 @@ def test_packet_of_a_case_records_its_id_state_and_keys(
     assert case["case_id"] == str(corrected) and case["state"] == "resolved" and case["outcome"] == "partially_upheld"
     statuses = {d["idempotency_key"]: d["status"] for d in result.manifest["disputed"]}
     assert statuses == {"evt-0001": "billable", "evt-0008": "billable", REJECTED: "not_billable"}
-    verification = verify_packet(out, trusted_keys=[world.key.key_id])
+    verification = verify_packet(out, trusted_keys=[world.key.public_key.hex()])
     assert verification.ok, _failed(verification)
     assert any(c.name == "case" and c.ok for c in verification.checks)
 
@@ -282,5 +282,5 @@ def test_a_proof_forged_for_a_non_billable_credit_fails_twice(
     for entry in manifest["disputed"]:
         if entry["idempotency_key"] == REJECTED:  # pretend the rejected row was billed, with a borrowed proof
             entry.update(status="billable", proof=billable["proof"], leaf=billable["leaf"])
-    verification = _verify_changed(tmp_path / "staged", manifest, [world.key.key_id])
+    verification = _verify_changed(tmp_path / "staged", manifest, [world.key.public_key.hex()])
     assert {"credit_not_billable", "disputed_row_mismatch"} <= set(verification.reasons), verification.reasons
