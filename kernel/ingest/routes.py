@@ -95,10 +95,11 @@ async def sync(request: Request[Any, Any, Any]) -> Response[bytes]:
 
 
 async def _preflight(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """CORS preflight: allowed only for an origin that some site lists."""
+    """CORS preflight: allowed only for an origin on the allowlist of the site named by ``?s=``."""
     origin = request.headers.get("origin")
     headers = {"access-control-expose-headers": EXPOSED_HEADERS, "vary": "Origin"}
-    if origin is not None and await preflight_allowed(app_state(request), origin):
+    public_id = request.query_params.get("s")
+    if origin is not None and await preflight_allowed(app_state(request), origin, public_id):
         headers.update(
             {
                 "access-control-allow-origin": origin,
@@ -108,7 +109,10 @@ async def _preflight(request: Request[Any, Any, Any]) -> Response[bytes]:
             }
         )
         return Response(b"", status_code=204, headers=headers)
-    body = b'{"ok":false,"error":"origin_not_allowed","message":"this origin may not send events"}'
+    body = (
+        b'{"ok":false,"error":"origin_not_allowed","message":"this origin may not send events for the site'
+        b' named by ?s=<public id>"}'
+    )
     return Response(body, status_code=403, media_type="application/json", headers=headers)
 
 

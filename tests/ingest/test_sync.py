@@ -311,10 +311,11 @@ def test_public_tracker_text_plain_with_u_alias_and_origin_allowlist(harness: Ha
     assert "access-control-allow-origin" not in evil.headers
     no_origin = harness.client.post("/api/sync", content=body)
     assert no_origin.status_code == 401
-    preflight = harness.client.options("/api/sync", headers={"Origin": "https://shop.example"})
+    preflight = harness.client.options("/api/sync?s=tracker-site", headers={"Origin": "https://shop.example"})
     assert preflight.status_code == 204
     assert preflight.headers["access-control-allow-origin"] == "https://shop.example"
-    assert harness.client.options("/api/sync", headers={"Origin": "https://evil.example"}).status_code == 403
+    evil_preflight = harness.client.options("/api/sync?s=tracker-site", headers={"Origin": "https://evil.example"})
+    assert evil_preflight.status_code == 403
 
 
 def test_keyed_site_with_allowlist_refuses_other_browser_origins(harness: Harness) -> None:
