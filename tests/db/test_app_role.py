@@ -73,7 +73,8 @@ def _seed(conn: psycopg.Connection[Any]) -> uuid.UUID:
     conn.execute(
         """INSERT INTO invoice_snapshot (site_id, year_month, billable_count, overage_count, rejected_count,
                non_billable_count, merkle_root, snapshot_hash, document, signature, key_id, frozen_at)
-           VALUES (%s, '2026-02', 1, 0, 0, 0, repeat('a', 64), repeat('b', 64), '{}', '00', '0123456789abcdef', now())""",
+           VALUES (%s, '2026-02', 1, 0, 0, 0, repeat('a', 64), repeat('b', 64), '{}', '00',
+                   '0123456789abcdef', now())""",
         (site.id,),
     )
     conn.execute("INSERT INTO signing_keys (key_id, public_key) VALUES ('0123456789abcdef', repeat('c', 64))")
@@ -83,8 +84,8 @@ def _seed(conn: psycopg.Connection[Any]) -> uuid.UUID:
 
 def _fingerprint(owner: psycopg.Connection[Any]) -> tuple[Any, ...]:
     row = owner.execute(
-        """SELECT (SELECT string_agg(concat_ws('|', id, role, site_id, key_hash, revoked_at, expires_at), ',' ORDER BY id)
-                   FROM api_keys),
+        """SELECT (SELECT string_agg(concat_ws('|', id, role, site_id, key_hash, revoked_at, expires_at), ','
+                           ORDER BY id) FROM api_keys),
                   (SELECT string_agg(concat_ws('|', id, billing_mode, allowed_origins, ingest_auth), ',') FROM sites),
                   (SELECT string_agg(concat_ws('|', monthly_limit, rate_limit_per_minute), ',') FROM site_plans),
                   (SELECT string_agg(concat_ws('|', idempotency_key, billable, billing_state), ',')
