@@ -12,7 +12,10 @@ starves the ingest pool. Three limits make every unauthenticated path cheap:
   its process (the app pool has ``kernel.app.POOL_MAX_SIZE`` connections), waits at most
   ``LOOKUP_WAIT_S`` for one, and at most ``LOOKUP_MAX_WAITING`` lookups wait at a time. Past that
   the caller answers 503 ``lookup_busy`` with ``Retry-After`` at once, instead of queueing on the
-  pool ahead of the ledger writes of clients whose keys are already cached.
+  pool ahead of the ledger writes of clients whose keys are already cached. Refreshing a value
+  that was found before (a live key whose cache entry expired) takes one of
+  ``LOOKUP_KNOWN_SLOTS`` slots of its own: random tokens are never found, so a flood of them can
+  never delay the refresh of a real client's key.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LOOKUP_DB_SLOTS",
+    "LOOKUP_KNOWN_SLOTS",
     "LOOKUP_MAX_WAITING",
     "LOOKUP_WAIT_S",
     "BoundedCache",
@@ -41,6 +45,7 @@ __all__ = [
 ]
 
 LOOKUP_DB_SLOTS = 4  # database connections one process may spend on credential lookups at a time
+LOOKUP_KNOWN_SLOTS = 2  # and on refreshing values found before (never taken by unknown keys)
 LOOKUP_MAX_WAITING = 256  # lookups waiting for a slot; more are refused at once
 LOOKUP_WAIT_S = 1.0  # longest wait for a slot
 LOOKUP_RETRY_AFTER_S = 1
@@ -59,26 +64,34 @@ class LookupBusy(KernelError):
 
 
 class LookupGate:
-    """At most ``slots`` lookups use the database at once; the rest wait briefly, or are refused."""
+    """At most ``slots`` lookups (plus ``known_slots`` refreshes of values found before) use the
+    database at once; the rest wait briefly, or are refused."""
 
     def __init__(
-        self, slots: int = LOOKUP_DB_SLOTS, *, max_waiting: int = LOOKUP_MAX_WAITING, wait_s: float = LOOKUP_WAIT_S
+        self,
+        slots: int = LOOKUP_DB_SLOTS,
+        *,
+        known_slots: int = LOOKUP_KNOWN_SLOTS,
+        max_waiting: int = LOOKUP_MAX_WAITING,
+        wait_s: float = LOOKUP_WAIT_S,
     ) -> None:
         self._slots = asyncio.Semaphore(slots)
+        self._known_slots = asyncio.Semaphore(known_slots)
         self._max_waiting = max_waiting
         self._wait_s = wait_s
         self._waiting = 0
         self.refused = 0
 
     @asynccontextmanager
-    async def slot(self) -> AsyncIterator[None]:
+    async def slot(self, *, known: bool = False) -> AsyncIterator[None]:
         """Hold one slot for the body; raises ``LookupBusy`` when none frees up in time."""
+        slots = self._known_slots if known else self._slots
         if self._waiting >= self._max_waiting:
             self.refused += 1
             raise LookupBusy("too many credential lookups in progress; retry in a second")
         self._waiting += 1
         try:
-            await asyncio.wait_for(self._slots.acquire(), self._wait_s)
+            await asyncio.wait_for(slots.acquire(), self._wait_s)
         except TimeoutError as exc:
             self.refused += 1
             raise LookupBusy("too many credential lookups in progress; retry in a second") from exc
@@ -87,7 +100,7 @@ class LookupGate:
         try:
             yield
         finally:
-            self._slots.release()
+            slots.release()
 
 
 class BoundedCache(Generic[K, V]):
@@ -105,11 +118,9 @@ class BoundedCache(Generic[K, V]):
         """(hit, value): a hit with None is a cached miss."""
         now = time.monotonic()
         found = self._found.get(key)
-        if found is not None:
-            if found[0] > now:
-                self._found.move_to_end(key)
-                return True, found[1]
-            del self._found[key]
+        if found is not None and found[0] > now:
+            self._found.move_to_end(key)
+            return True, found[1]
         until = self._missing.get(key)
         if until is not None:
             if until > now:
@@ -131,6 +142,10 @@ class BoundedCache(Generic[K, V]):
             self._found.move_to_end(key)
             while len(self._found) > self._max_found:
                 self._found.popitem(last=False)
+
+    def known(self, key: K) -> bool:
+        """Whether ``key`` was found before (its entry may have expired since)."""
+        return key in self._found
 
     def drop(self, key: K) -> None:
         self._found.pop(key, None)
@@ -165,7 +180,7 @@ class LookupCache(Generic[K, V]):
         future: asyncio.Future[V | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            async with self._gate.slot():
+            async with self._gate.slot(known=self.cache.known(key)):
                 self.loads += 1
                 value = await load()
             self.cache.put(key, value)
