@@ -8,6 +8,7 @@ from typing import Any
 from litestar import Request, Response, route
 
 from kernel import metrics
+from kernel.ingest.clients import client_address
 from kernel.ingest.schemas import MAX_BODY_BYTES
 from kernel.ingest.service import EXPOSED_HEADERS, IngestCall, Reply, handle_ingest, preflight_allowed, runtime_of
 from kernel.web import app_state, bearer_token, request_id_of
@@ -81,14 +82,20 @@ async def sync(request: Request[Any, Any, Any]) -> Response[bytes]:
             outcome="invalid",
         )
     else:
+        state = app_state(request)
         call = IngestCall(
             body=body,
             bearer=bearer_token(request),
             origin=request.headers.get("origin"),
             idempotency_key=request.headers.get("idempotency-key"),
             request_id=request_id_of(request.scope),
+            client_address=client_address(
+                request.client.host if request.client is not None else None,
+                request.headers.getall("x-forwarded-for", []),
+                state.settings.trusted_proxies,
+            ),
         )
-        reply = await handle_ingest(app_state(request), call)
+        reply = await handle_ingest(state, call)
     response = _response(reply)
     metrics.INGEST_LATENCY.labels(reply.outcome).observe(time.perf_counter() - started)
     return response

@@ -47,12 +47,13 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from kernel import metrics
 from kernel.ingest import queries
+from kernel.ingest.clients import ClientHasher, load_client_hash_secret
 from kernel.ingest.keys import KeyedEvent, keyed_event, server_ms
 from kernel.ingest.queries import LedgerResult
-from kernel.ingest.ratelimit import REDIS_TIMEOUT_S, SiteRateLimiter
+from kernel.ingest.ratelimit import REDIS_TIMEOUT_S, RateDecision, RateLimitBusy, SiteRateLimiter
 from kernel.ingest.schemas import MAX_BODY_BYTES, SchemaViolation, decode_json, to_events
 from kernel.lookup_cache import LookupBusy
-from kernel.months import next_month_start
+from kernel.months import next_month_start, year_month_of
 from kernel.tenants.directory import CredentialDirectory, credentials_of
 from kernel.tenants.sites import Site
 from kernel.web import AppState
@@ -74,6 +75,8 @@ _log = logging.getLogger("kernel.ingest")
 PUBLIC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,63}$")  # sites.public_id (migration 0001)
 LEDGER_TIMEOUT_S = 5.0  # the whole ledger call; past it the query is cancelled and the gate closes (500)
 EXTRAS_KEY = "ingest"
+UNKNOWN_CLIENT = "unknown"
+MAX_RATE_UNITS = 1000  # a request counts at most this many events (a batch over 100 fails validation anyway)
 
 H_QUOTA_REMAINING = "x-opsmantik-quota-remaining"
 H_QUOTA_EXCEEDED = "x-opsmantik-quota-exceeded"
@@ -81,8 +84,19 @@ H_OVERAGE = "x-opsmantik-overage"
 H_DEDUP = "x-opsmantik-dedup"
 H_RATELIMIT = "x-opsmantik-ratelimit"
 H_DEGRADED = "x-opsmantik-degraded"
+H_RATELIMIT_SCOPE = "x-opsmantik-ratelimit-scope"  # site | client: which window answered the 429
 EXPOSED_HEADERS = ", ".join(
-    [H_QUOTA_REMAINING, H_QUOTA_EXCEEDED, H_OVERAGE, H_DEDUP, H_RATELIMIT, H_DEGRADED, "retry-after", "x-request-id"]
+    [
+        H_QUOTA_REMAINING,
+        H_QUOTA_EXCEEDED,
+        H_OVERAGE,
+        H_DEDUP,
+        H_RATELIMIT,
+        H_RATELIMIT_SCOPE,
+        H_DEGRADED,
+        "retry-after",
+        "x-request-id",
+    ]
 )
 
 
@@ -95,6 +109,7 @@ class IngestCall:
     origin: str | None
     idempotency_key: str | None
     request_id: str
+    client_address: str | None = None  # behind trusted proxies only (kernel.ingest.clients)
 
 
 @dataclass
@@ -148,9 +163,10 @@ def decide(
 
 @dataclass
 class IngestRuntime:
-    """Per-process state of ingest: the rate limiter (kept in ``AppState.extras``)."""
+    """Per-process state of ingest: the rate limiter and the client hasher (in ``AppState.extras``)."""
 
     limiter: SiteRateLimiter
+    clients: ClientHasher
 
     async def close(self) -> None:
         await self.limiter.close()
@@ -166,7 +182,7 @@ def runtime_of(state: AppState) -> IngestRuntime:
             prefix=extra.get("REVKERNEL_REDIS_PREFIX", "rk"),
             timeout_s=state.settings.seconds("REVKERNEL_REDIS_TIMEOUT_S", REDIS_TIMEOUT_S),
         )
-        runtime = IngestRuntime(limiter)
+        runtime = IngestRuntime(limiter, ClientHasher(load_client_hash_secret(state.settings)))
         state.extras[EXTRAS_KEY] = runtime
     assert isinstance(runtime, IngestRuntime)
     return runtime
@@ -225,8 +241,13 @@ async def _pipeline(state: AppState, call: IngestCall) -> Reply:
         site = await _public_site(credentials, pool, document, call.origin)
     cors_origin = call.origin if call.origin is not None and call.origin in site.allowed_origins else None
     _check_site_refs(document, site)
-    # 3. rate limit (one unit per request, a batch included)
-    decision = await runtime.limiter.hit(site.id, site.rate_limit_per_minute)
+    # 3. rate limit: every event counts; public sites also per client address
+    now = state.clock.now()
+    # An address that is not an IP (a Unix socket) is one shared "unknown" client, never unlimited.
+    client_hash = (
+        runtime.clients.digest(call.client_address, year_month_of(now)) if call.client_address else UNKNOWN_CLIENT
+    )
+    decision = await _rate_limit(runtime, site, _units(document), client_hash, cors_origin)
     extra_headers: dict[str, str] = {}
     if decision.degraded:
         metrics.RATELIMIT_DEGRADED.inc()
@@ -234,12 +255,16 @@ async def _pipeline(state: AppState, call: IngestCall) -> Reply:
     try:
         if not decision.allowed:
             metrics.INGEST_RATE_LIMITED.inc()
-            stop = _error(429, "rate_limited", "rate limit per minute exceeded for this site", outcome="rate_limited")
+            what = "this client address" if decision.scope == "client" else "this site"
+            stop = _error(
+                429, "rate_limited", f"rate limit of events per minute exceeded for {what}", outcome="rate_limited"
+            )
             # Golden rule 5: the rate-limit 429 never carries a quota header.
-            stop.reply.headers.update({H_RATELIMIT: "1", "retry-after": str(decision.retry_after_s)})
+            stop.reply.headers.update(
+                {H_RATELIMIT: "1", H_RATELIMIT_SCOPE: decision.scope, "retry-after": str(decision.retry_after_s)}
+            )
             raise stop
         # 4. validate, 5. classify and key
-        now = state.clock.now()
         keyed, is_batch = _validate(document, site, call, server_ms(now))
         # 6. ledger transaction
         results = await _write(state, pool, site, now, call.request_id, keyed)
@@ -252,6 +277,33 @@ async def _pipeline(state: AppState, call: IngestCall) -> Reply:
     reply.headers.update(extra_headers)
     reply.cors_origin = cors_origin
     return reply
+
+
+def _units(document: Any) -> int:
+    """Rate-limit units of a request: its events (a batch of 100 costs 100), at least 1."""
+    if isinstance(document, dict) and isinstance(document.get("events"), list):
+        return max(1, min(len(document["events"]), MAX_RATE_UNITS))
+    return 1
+
+
+async def _rate_limit(
+    runtime: IngestRuntime, site: Site, units: int, client_hash: str | None, cors_origin: str | None
+) -> RateDecision:
+    # Public sites accept any request whose (forgeable) Origin is allowed: limit each address too.
+    client = client_hash if site.ingest_auth == "public" else None
+    try:
+        return await runtime.limiter.hit(
+            site.id,
+            site.rate_limit_per_minute,
+            units=units,
+            client=client,
+            client_limit_per_minute=site.client_rate_limit_per_minute,
+        )
+    except RateLimitBusy as exc:
+        stop = _error(503, exc.code, exc.message, outcome="busy")
+        stop.reply.headers["retry-after"] = "1"
+        stop.reply.cors_origin = cors_origin
+        raise stop from exc
 
 
 def _parse(body: bytes) -> Any:

@@ -94,10 +94,10 @@ def test_demo_twice_changes_nothing_the_second_time(settings: Settings) -> None:
             assert row is not None
             return tuple(row)
 
-    first = cli(env, "demo")
+    first = cli(env, "demo", "--force")  # DATABASE_URL: the demo needs --force (an empty database)
     assert first.returncode == 0, first.stderr
     after_first = counts()
-    second = cli(env, "demo")
+    second = cli(env, "demo", "--force")
     assert second.returncode == 0, second.stderr
     assert counts() == after_first
     assert after_first[0] >= 4
