@@ -79,6 +79,7 @@ def write_params(
             "fp": k.event.fp,
             "at": k.occurred_at,
             "p": k.payload,
+            "a": k.client_hash,  # migration 0021
         }
         for k in events
     ]

@@ -32,6 +32,7 @@ Decisions written down here (SPEC is silent on them):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import re
@@ -266,6 +267,8 @@ async def _pipeline(state: AppState, call: IngestCall) -> Reply:
             raise stop
         # 4. validate, 5. classify and key
         keyed, is_batch = _validate(document, site, call, server_ms(now))
+        if client_hash != UNKNOWN_CLIENT:
+            keyed = [dataclasses.replace(k, client_hash=client_hash) for k in keyed]
         # 6. ledger transaction
         results = await _write(state, pool, site, now, call.request_id, keyed)
         # 7. respond

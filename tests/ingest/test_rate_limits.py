@@ -216,3 +216,43 @@ def test_serve_warns_when_several_workers_have_no_redis(settings: Settings, tmp_
     assert "no REDIS_URL" not in _serve_stderr(env, "--workers", "1")
     env["REDIS_URL"] = "redis://127.0.0.1:6379/9"
     assert "no REDIS_URL" not in _serve_stderr(env, "--workers", "2")
+
+
+def test_ledger_keeps_a_salted_hash_and_the_audit_flags_concentrated_traffic(
+    settings: Settings, app_conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    assert settings.database_url is not None
+    limits = {"monthly_limit": 100_000, "rate_limit_per_minute": 100_000, "client_rate_limit_per_minute": 100_000}
+    scripted = _public_site(app_conn, **limits)
+    _public_site(app_conn, public_id="organic", **limits)
+    with live_server(
+        settings.database_url, tmp_path, workers=1, extra_env={"REVKERNEL_TRUSTED_PROXIES": "127.0.0.1"}
+    ) as server:
+        # A script on two hosts sends 210 events with a forged Origin; 10 real visitors send one each.
+        for i in range(3):
+            for h, host in enumerate(("198.51.100.1", "198.51.100.2")):
+                ids = [f"s{h}-{i}-{n}" for n in range(35)]
+                assert _track(server.url, ids, {"X-Forwarded-For": host}).status_code == 200
+        for n in range(10):
+            assert _track(server.url, [f"v{n}"], {"X-Forwarded-For": f"203.0.113.{n}"}).status_code == 200
+        # 25 visitors of another site, 10 events each.
+        for n in range(25):
+            body = {"s": "organic", "events": [{"event_id": f"o{n}-{k}", "ec": "p"} for k in range(10)]}
+            headers = {**ORIGIN, "X-Forwarded-For": f"192.0.2.{n}"}
+            assert httpx.post(f"{server.url}/api/sync", json=body, headers=headers).status_code == 200
+    rows = app_conn.execute(
+        "SELECT client_hash, count(*) FROM ingest_idempotency WHERE site_id = %s GROUP BY 1 ORDER BY 2 DESC",
+        (scripted.site.id,),
+    ).fetchall()
+    assert [n for _, n in rows] == [105, 105] + [1] * 10
+    assert all(h is not None and len(h) == 32 and "198.51" not in h for h, _ in rows)
+    everything = app_conn.execute("SELECT string_agg(t::text, '') FROM ingest_idempotency t").fetchone()
+    assert everything is not None and "198.51.100.1" not in everything[0]  # never the raw address
+    year_month = app_conn.execute("SELECT min(year_month) FROM ingest_idempotency").fetchone()
+    assert year_month is not None
+    from kernel.audit import Severity, audit_fleet
+
+    fleet = audit_fleet(app_conn, year_month[0])
+    flagged = {f.public_id: f for f in fleet.findings if f.code == "client_concentration"}
+    assert set(flagged) == {"tracker"} and flagged["tracker"].severity is Severity.WARN
+    assert flagged["tracker"].value["top_clients_count"] == 211 and flagged["tracker"].value["hashed_count"] == 220
