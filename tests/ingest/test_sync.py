@@ -223,7 +223,7 @@ def test_global_kill_switch_records_everything_non_billable(settings: Any, app_c
 
 
 def test_batch_results_per_event_with_duplicates_inside_and_against_ledger(harness: Harness) -> None:
-    site = make_site(harness.conn, monthly_limit=3, rate_limit_per_minute=8)
+    site = make_site(harness.conn, monthly_limit=3, rate_limit_per_minute=9)
     assert post(harness, {"event_id": "old", "ec": "x"}, auth(site)).status_code == 200
     body = {
         "events": [
@@ -256,7 +256,7 @@ def test_batch_results_per_event_with_duplicates_inside_and_against_ledger(harne
     assert sorted(r[0] for r in ledger(harness.conn, site)) == ["n1", "n2", "n3", "n4", "old"]
     c = counters(harness.conn, site, YM)
     assert (c["event_count"], c["rejected_count"], c["non_billable_count"], c["dedup_count"]) == (3, 1, 1, 3)
-    # The rate limit counts events: 1 + 7 of 8 are used, a batch of 2 is refused whole, 1 fits.
+    # The rate limit counts events: 1 + 7 of 9 are used, a batch of 2 is refused whole, 1 fits.
     refused = post(harness, {"events": [{"event_id": "z1"}, {"event_id": "z2"}]}, auth(site))
     assert refused.status_code == 429 and refused.headers["x-opsmantik-ratelimit"] == "1"
     assert post(harness, {"events": [{"event_id": "z"}]}, auth(site)).status_code == 200
