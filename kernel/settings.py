@@ -14,6 +14,7 @@
 | `REVKERNEL_CLOCK` | `system`, or `file:<path>` for demos and tests (see `kernel.clock`) | `system` |
 | `REVKERNEL_TRUSTED_PROXIES` | proxy addresses/CIDRs (comma-separated) whose `X-Forwarded-For` counts | none |
 | `REVKERNEL_CLIENT_HASH_SECRET` | 64 hex, key of the client-address hash; the same on every host | a data-dir file |
+| `REVKERNEL_DISPUTE_HOLD_MAX_AGE_DAYS` | the watchtower reports dispute holds older than this (whole days > 0) | `30` |
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 APP_ROLE = "revkernel_app"
 ANALYST_ROLE = "revkernel_analyst"
+# A dispute hold older than this is reported by the watchtower (a case someone forgot to close).
+DISPUTE_HOLD_MAX_AGE_DAYS = 30
 
 
 def _flag(value: str | None, default: bool) -> bool:
@@ -65,6 +68,15 @@ def _hex_secret(name: str, text: str | None) -> bytes | None:
     if len(value) != 32:
         raise ConfigError(f"{name} must be 64 hex characters")
     return value
+
+
+def _positive_days(name: str, value: str | None) -> int:
+    if value is None or not value.strip():
+        return DISPUTE_HOLD_MAX_AGE_DAYS
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
+        raise ConfigError(f"{name} must be a whole number of days > 0, not {text!r}")
+    return int(text)
 
 
 def _commit() -> str:
@@ -101,6 +113,7 @@ class Settings:
     clock: str = "system"
     trusted_proxies: tuple[IpNetwork, ...] = ()
     client_hash_secret: bytes | None = field(default=None, repr=False)
+    dispute_hold_max_age_days: int = DISPUTE_HOLD_MAX_AGE_DAYS
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -120,6 +133,9 @@ class Settings:
             clock=env.get("REVKERNEL_CLOCK") or "system",
             trusted_proxies=_proxies(env.get("REVKERNEL_TRUSTED_PROXIES")),
             client_hash_secret=_hex_secret("REVKERNEL_CLIENT_HASH_SECRET", env.get("REVKERNEL_CLIENT_HASH_SECRET")),
+            dispute_hold_max_age_days=_positive_days(
+                "REVKERNEL_DISPUTE_HOLD_MAX_AGE_DAYS", env.get("REVKERNEL_DISPUTE_HOLD_MAX_AGE_DAYS")
+            ),
             extra={k: v for k, v in env.items() if k.startswith("REVKERNEL_")},
         )
 

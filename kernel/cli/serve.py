@@ -35,6 +35,9 @@ _log = logging.getLogger("kernel.serve")
 APP_FACTORY = "kernel.app:create_app"
 MAX_WORKERS = 64
 GRACEFUL_SHUTDOWN_S = 10
+# uvicorn kills a worker that does not answer its supervisor's ping within this long (default 5 s):
+# on a loaded machine a starting worker still importing the app misses it and is restarted forever.
+WORKER_HEALTHCHECK_TIMEOUT_S = 60
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -104,6 +107,7 @@ def serve(
         # The client address is ours to decide (kernel.ingest.clients, REVKERNEL_TRUSTED_PROXIES):
         # uvicorn would otherwise believe X-Forwarded-For from any local peer.
         proxy_headers=False,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT_S,
     )
 
 
