@@ -21,6 +21,7 @@ from kernel.db.connect import Database
 from kernel.errors import DatabaseUnavailable
 from kernel.ingest.routes import close_ingest
 from kernel.ingest.service import runtime_of
+from kernel.lookup_cache import BoundedCache, LookupCache, lookup_gate_of
 from kernel.settings import Settings, get_settings
 from kernel.web import AppState, app_state, error_response, exception_handlers, stamp_headers
 
@@ -55,13 +56,32 @@ async def healthz() -> dict[str, Any]:
     return {"ok": True, "status": "alive"}
 
 
+READY_TTL_S = 1.0  # a readiness answer is reused this long: a flood of probes costs one query
+
+
+def _ready_cache(state: AppState) -> LookupCache[str, bool]:
+    cache = state.extras.get("ready")
+    if cache is None:
+        bounded: BoundedCache[str, bool] = BoundedCache(
+            ttl_s=READY_TTL_S, negative_ttl_s=READY_TTL_S, max_entries=1, max_negative_entries=1
+        )
+        cache = state.extras["ready"] = LookupCache(bounded, lookup_gate_of(state))
+    assert isinstance(cache, LookupCache)
+    return cache
+
+
 @get("/readyz", tags=["operations"])
 async def readyz(request: Request[Any, Any, Any]) -> Any:
-    """Readiness: the store of record answers."""
+    """Readiness: the store of record answers (checked at most once a second per process)."""
     state = app_state(request)
-    try:
+
+    async def probe() -> bool:
         async with state.require_pool().connection(timeout=2.0) as conn:
             await conn.execute("SELECT 1")
+        return True
+
+    try:
+        await _ready_cache(state).get("ready", probe)
     except Exception as exc:
         return error_response(503, "not_ready", f"database unavailable: {type(exc).__name__}")
     return {"ok": True, "status": "ready"}

@@ -12,11 +12,14 @@
 | `BILLING_ENABLED` | runbook rollback flag: `false` records every event non-billable | `true` |
 | `REVKERNEL_COMMIT` | deployed commit for `x-opsmantik-commit` | `git rev-parse HEAD`, else `unknown` |
 | `REVKERNEL_CLOCK` | `system`, or `file:<path>` for demos and tests (see `kernel.clock`) | `system` |
+| `REVKERNEL_TRUSTED_PROXIES` | proxy addresses/CIDRs (comma-separated) whose `X-Forwarded-For` counts | none |
+| `REVKERNEL_CLIENT_HASH_SECRET` | 64 hex, key of the client-address hash; the same on every host | a data-dir file |
 | `REVKERNEL_DISPUTE_HOLD_MAX_AGE_DAYS` | the watchtower reports dispute holds older than this (whole days > 0) | `30` |
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 from dataclasses import dataclass, field, replace
@@ -25,7 +28,9 @@ from pathlib import Path
 
 from kernel.errors import ConfigError
 
-__all__ = ["PROJECT_ROOT", "Settings", "get_settings"]
+__all__ = ["PROJECT_ROOT", "IpNetwork", "Settings", "get_settings"]
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,6 +44,30 @@ def _flag(value: str | None, default: bool) -> bool:
     if value is None or value.strip() == "":
         return default
     return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _proxies(text: str | None) -> tuple[IpNetwork, ...]:
+    networks: list[IpNetwork] = []
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError as exc:
+            raise ConfigError(f"REVKERNEL_TRUSTED_PROXIES: {item.strip()!r} is not an address or CIDR") from exc
+    return tuple(networks)
+
+
+def _hex_secret(name: str, text: str | None) -> bytes | None:
+    if not text or not text.strip():
+        return None
+    try:
+        value = bytes.fromhex(text.strip())
+    except ValueError:
+        value = b""
+    if len(value) != 32:
+        raise ConfigError(f"{name} must be 64 hex characters")
+    return value
 
 
 def _positive_days(name: str, value: str | None) -> int:
@@ -82,6 +111,8 @@ class Settings:
     billing_enabled: bool = True
     commit: str = "unknown"
     clock: str = "system"
+    trusted_proxies: tuple[IpNetwork, ...] = ()
+    client_hash_secret: bytes | None = field(default=None, repr=False)
     dispute_hold_max_age_days: int = DISPUTE_HOLD_MAX_AGE_DAYS
     extra: dict[str, str] = field(default_factory=dict)
 
@@ -100,6 +131,8 @@ class Settings:
             billing_enabled=_flag(env.get("BILLING_ENABLED"), True),
             commit=_commit(),
             clock=env.get("REVKERNEL_CLOCK") or "system",
+            trusted_proxies=_proxies(env.get("REVKERNEL_TRUSTED_PROXIES")),
+            client_hash_secret=_hex_secret("REVKERNEL_CLIENT_HASH_SECRET", env.get("REVKERNEL_CLIENT_HASH_SECRET")),
             dispute_hold_max_age_days=_positive_days(
                 "REVKERNEL_DISPUTE_HOLD_MAX_AGE_DAYS", env.get("REVKERNEL_DISPUTE_HOLD_MAX_AGE_DAYS")
             ),

@@ -26,6 +26,9 @@ from kernel.ledger import RootBuilder
 from kernel.months import month_bounds, parse_year_month
 
 __all__ = [
+    "CONCENTRATION_MIN_EVENTS",
+    "CONCENTRATION_SHARE",
+    "CONCENTRATION_TOP_CLIENTS",
     "LEAF_FETCH_ROWS",
     "METRIC_COLUMNS",
     "NON_BILLABLE_FLOOD_MIN_EVENTS",
@@ -54,6 +57,12 @@ NON_BILLABLE_FLOOD_SHARE = Decimal("0.5")
 # A day with at least SPIKE_MIN_EVENTS events and SPIKE_FACTOR times the median active day.
 SPIKE_FACTOR = 5
 SPIKE_MIN_EVENTS = 200
+# Public (keyless) ingest concentrated on a few client addresses: at least this many rows with a
+# client hash, of which this share came from the CONCENTRATION_TOP_CLIENTS busiest addresses.
+# Browser traffic comes from many visitors; a script with a forged Origin comes from a few hosts.
+CONCENTRATION_MIN_EVENTS = 200
+CONCENTRATION_SHARE = Decimal("0.5")
+CONCENTRATION_TOP_CLIENTS = 3
 # The figures shown in tables and written to the sidecar (the snapshot document stays out).
 METRIC_COLUMNS = (
     "public_id",
@@ -186,6 +195,7 @@ def audit_fleet(
         "site_ids": None if site_ids is None else [uuid.UUID(str(s)) for s in site_ids],
         "month_start": month_start,
         "month_end": month_end,
+        "top_clients": CONCENTRATION_TOP_CLIENTS,
     }
     now = (clock or SystemClock()).now()
     params["stale_before"] = now - OUTBOX_STALE_AFTER
@@ -265,6 +275,22 @@ def site_findings(metrics: dict[str, Any], snapshot: SnapshotCheck, *, month_clo
     peak, median = int(m["max_daily_events"]), int(m["median_daily_events"])
     if peak >= SPIKE_MIN_EVENTS and peak >= SPIKE_FACTOR * max(median, 1):
         add("volume_spike", Severity.WARN, f"a day with {peak} events against a median day of {median}")
+    hashed, top = int(m["hashed_count"]), int(m["top_clients_count"])
+    if (
+        m["ingest_auth"] == "public"
+        and hashed >= CONCENTRATION_MIN_EVENTS
+        and Decimal(top) >= CONCENTRATION_SHARE * hashed
+    ):
+        busiest = min(CONCENTRATION_TOP_CLIENTS, int(m["client_count"]))
+        add(
+            "client_concentration",
+            Severity.WARN,
+            f"{top} of {hashed} keyless events came from {busiest} client address(es): scripted traffic with a"
+            " forged Origin can burn the quota; check the addresses and the per-client rate limit",
+            top_clients_count=top,
+            hashed_count=hashed,
+            client_count=int(m["client_count"]),
+        )
     if int(m["dedup_count"]) > 0:
         add("duplicates_blocked", Severity.INFO, f"{m['dedup_count']} duplicate deliveries blocked by idempotency")
 

@@ -96,8 +96,23 @@ WITH scope AS (
     FROM reconciliation_drift_log d JOIN scope USING (site_id)
     WHERE d.year_month = %(year_month)s
     GROUP BY d.site_id
+), clients AS (
+    -- Rows by salted client-address hash (issue 12 §3): how many came from the busiest few.
+    SELECT site_id, sum(n) AS hashed_count, count(*) AS client_count,
+           sum(n) FILTER (WHERE rank <= %(top_clients)s) AS top_clients_count
+    FROM (
+        SELECT l.site_id, count(*) AS n,
+               row_number() OVER (PARTITION BY l.site_id ORDER BY count(*) DESC, l.client_hash) AS rank
+        FROM ingest_idempotency l JOIN scope USING (site_id)
+        WHERE l.year_month = %(year_month)s AND l.client_hash IS NOT NULL
+        GROUP BY l.site_id, l.client_hash
+    ) per_client
+    GROUP BY site_id
 )
-SELECT s.id AS site_id, s.public_id, s.name, s.billing_mode,
+SELECT s.id AS site_id, s.public_id, s.name, s.billing_mode, s.ingest_auth,
+       coalesce(cl.hashed_count, 0) AS hashed_count,
+       coalesce(cl.client_count, 0) AS client_count,
+       coalesce(cl.top_clients_count, 0) AS top_clients_count,
        p.monthly_limit, p.soft_limit_enabled, p.hard_cap_multiplier,
        coalesce(l.total_count, 0) AS total_count,
        coalesce(l.billable_count, 0) AS billable_count,
@@ -147,6 +162,7 @@ FROM sites s
 JOIN site_plans p ON p.site_id = s.id
 LEFT JOIN ledger l ON l.site_id = s.id
 LEFT JOIN storm st ON st.site_id = s.id
+LEFT JOIN clients cl ON cl.site_id = s.id
 LEFT JOIN daily dl ON dl.site_id = s.id
 LEFT JOIN outbox ob ON ob.site_id = s.id
 LEFT JOIN orphans orph ON orph.site_id = s.id

@@ -11,10 +11,19 @@ __all__ = ["register"]
 
 
 @click.command("demo")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Load into DATABASE_URL (not the embedded server); only an empty database is accepted.",
+)
 @pass_cli
-def demo(cli: CliContext) -> None:
-    """Load the deterministic demo tenants and data and run the month's jobs (repeatable)."""
-    run_demo(cli.settings, click.echo)
+def demo(cli: CliContext, force: bool) -> None:
+    """Load the deterministic demo tenants and data and run the month's jobs (repeatable).
+
+    Refuses a database that holds a tenant the demo did not create. Credentials are random,
+    printed once and kept in <data dir>/demo-credentials.env (mode 0600).
+    """
+    run_demo(cli.settings, click.echo, force=force)
 
 
 def register(main: click.Group) -> None:

@@ -6,6 +6,7 @@ worker starts, ``serve``
 - checks that the port is free (one-line error otherwise),
 - starts the embedded PostgreSQL when there is no ``DATABASE_URL`` (once, not once per worker) and
   refuses a database whose schema is behind the code (migrate first, then deploy),
+- warns when several workers run without ``REDIS_URL`` (every rate limit is then per worker),
 - points ``PROMETHEUS_MULTIPROC_DIR`` at ``<data dir>/prometheus`` (or ``REVKERNEL_METRICS_DIR``),
   wiped, so ``/metrics`` sums the samples of every worker of this run (SPEC §4.4).
 
@@ -16,6 +17,7 @@ uvicorn's default asyncio + h11 stack never sets TCP_NODELAY with several worker
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import shutil
 import socket
@@ -27,6 +29,8 @@ from kernel.cli.context import CliContext, pass_cli
 from kernel.errors import ConfigError
 
 __all__ = ["register"]
+
+_log = logging.getLogger("kernel.serve")
 
 APP_FACTORY = "kernel.app:create_app"
 MAX_WORKERS = 64
@@ -80,6 +84,14 @@ def serve(
     os.environ["REVKERNEL_DATA_DIR"] = str(cli.settings.data_dir)
     if scheduler:
         os.environ["REVKERNEL_SCHEDULER"] = "1"
+    if workers > 1 and not cli.settings.redis_url:
+        # Issue 12 §3: without Redis each worker keeps its own windows, so the limit is per worker.
+        message = (
+            f"warning: {workers} workers and no REDIS_URL: every rate limit is per worker, so a site may"
+            f" get up to {workers}x its events per minute; set REDIS_URL to share one limit"
+        )
+        click.echo(message, err=True)
+        _log.warning(message)
     click.echo(f"serving on http://{host}:{port} with {workers} worker(s)", err=True)
     uvicorn.run(
         APP_FACTORY,
@@ -92,6 +104,9 @@ def serve(
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        # The client address is ours to decide (kernel.ingest.clients, REVKERNEL_TRUSTED_PROXIES):
+        # uvicorn would otherwise believe X-Forwarded-For from any local peer.
+        proxy_headers=False,
         timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT_S,
     )
 

@@ -3,7 +3,10 @@ each site's snapshot (counts, Merkle root, snapshot hash, signing key id).
 
 The crons run on a fixed demo instant one hour after the last demo month ends, so the snapshot
 documents (and their hashes) are the same on every machine; only the signatures depend on the
-machine's signing key. Idempotent: a second run finds every month already frozen.
+machine's signing key. Their ``cron_runs`` records carry the real clock's times (they did run
+now), so the watchtower and the scheduler of a `revkernel serve` started afterwards see a true
+history. The demo runs them only on a database that holds nothing but demo tenants
+(``kernel.demo.guard``, checked right before). Idempotent: a second run finds every month frozen.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from kernel.clock import ManualClock
+from kernel.clock import ManualClock, SystemClock
 from kernel.cron.jobs import run_named
 from kernel.cron.runs import CronContext
 from kernel.months import month_bounds
@@ -29,7 +32,7 @@ def run_cron_demo(run: DemoRun) -> None:
     from kernel.demo.traffic import DEMO_MONTHS
 
     clock = ManualClock(month_bounds(DEMO_MONTHS[-1])[1] + DEMO_CRON_DELAY)
-    ctx = CronContext(run.settings, clock, run.db, trigger="cli")
+    ctx = CronContext(run.settings, clock, run.db, trigger="cli", history_clock=SystemClock())
     for year_month in DEMO_MONTHS:  # in order: each snapshot chains to the month before
         frozen = run_named(ctx, "invoice-freeze", year_month=year_month)
         run.echo(

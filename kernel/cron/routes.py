@@ -19,7 +19,8 @@ from kernel.cron.reconcile import backfill, enqueue, run_jobs
 from kernel.cron.runs import CronContext, CronResult, run_cron
 from kernel.cron.watchtower import watchtower_without_database
 from kernel.errors import DatabaseUnavailable
-from kernel.web import AppState, app_state, bearer_token
+from kernel.lookup_cache import BoundedCache, LookupBusy, LookupCache, lookup_gate_of
+from kernel.web import AppState, app_state, bearer_token, error_response
 
 __all__ = ["cron_handlers"]
 
@@ -128,16 +129,43 @@ async def cron_publish_outbox(request: Request[Any, Any, Any]) -> Json:
     return await _run(request, lambda ctx: run_named(ctx, "publish-outbox"))
 
 
+PUBLIC_KEYS_TTL_S = 10.0  # a key registered by a freeze is served within this time
+
+
+def _public_keys_cache(state: AppState) -> LookupCache[str, list[dict[str, str]]]:
+    cache = state.extras.get("public_keys")
+    if cache is None:
+        bounded: BoundedCache[str, list[dict[str, str]]] = BoundedCache(
+            ttl_s=PUBLIC_KEYS_TTL_S, negative_ttl_s=PUBLIC_KEYS_TTL_S, max_entries=1, max_negative_entries=1
+        )
+        cache = state.extras["public_keys"] = LookupCache(bounded, lookup_gate_of(state))
+    assert isinstance(cache, LookupCache)
+    return cache
+
+
 @get("/api/billing/public-keys", tags=["billing"])
-async def billing_public_keys(request: Request[Any, Any, Any]) -> dict[str, Any]:
-    """Every Ed25519 public key that signed invoice snapshots here (public: verifiers need them)."""
+async def billing_public_keys(request: Request[Any, Any, Any]) -> Any:
+    """Every Ed25519 public key that signed invoice snapshots here (public: verifiers need them).
+
+    Unauthenticated, so cached (``PUBLIC_KEYS_TTL_S``) with one load at a time per process: a
+    flood of requests costs at most one database connection (issue 12 §4).
+    """
     state = app_state(request)
 
-    def load() -> list[dict[str, str]]:
+    def load_sync() -> list[dict[str, str]]:
         with state.db.connect("app", autocommit=True) as conn:
             return public_keys(conn)
 
-    return {"ok": True, "algorithm": "ed25519", "keys": await anyio.to_thread.run_sync(load)}
+    async def load() -> list[dict[str, str]]:
+        return await anyio.to_thread.run_sync(load_sync)
+
+    try:
+        keys = await _public_keys_cache(state).get("all", load)
+    except LookupBusy as exc:
+        response = error_response(503, exc.code, exc.message)
+        response.headers["retry-after"] = str(exc.retry_after_s)
+        return response
+    return {"ok": True, "algorithm": "ed25519", "keys": keys or []}
 
 
 def cron_handlers() -> list[Any]:

@@ -12,16 +12,21 @@ __all__ = ["as_uri", "role_conninfo"]
 
 
 def role_conninfo(owner_conninfo: str, *, user: str | None = None, dbname: str | None = None) -> str:
-    """The owner's connection string with another user and/or database (same host, port)."""
-    changes: dict[str, str] = {}
+    """The owner's connection string with another user and/or database (same host, port).
+
+    For another user the owner's password is dropped, never replaced by an empty one: libpq then
+    finds the role's own password where it looks for one (``PGPASSWORD``, ``~/.pgpass``,
+    ``PGPASSFILE``), or the server authenticates the role another way (the embedded server trusts
+    its Unix socket). In production give each role its own URL instead: ``APP_DATABASE_URL``,
+    ``ANALYST_DATABASE_URL`` (README "Database roles and passwords").
+    """
+    params = conninfo_to_dict(owner_conninfo)
     if user is not None:
-        changes["user"] = user
-        # The owner's password is not the role's; roles use trust/peer auth or their own URL.
-        changes["password"] = ""
+        params["user"] = user
+        params.pop("password", None)  # the owner's password is not the role's
     if dbname is not None:
-        changes["dbname"] = dbname
-    info = make_conninfo(owner_conninfo, **changes)
-    return info
+        params["dbname"] = dbname
+    return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
 
 
 def as_uri(conninfo: str) -> str:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kernel.db import migrations
 from kernel.db.connect import Database
-from kernel.demo.tenants import DEMO_SITES, demo_token, ensure_demo_tenants
+from kernel.demo.guard import check_demo_target
+from kernel.demo.tenants import CREDENTIALS_FILE, DEMO_SITES, DemoTenants, credential_name, ensure_demo_tenants
 from kernel.settings import Settings
 
 __all__ = ["DEMO_SITES", "DemoRun", "demo_steps", "run_demo"]
@@ -25,9 +27,29 @@ class DemoRun:
     db: Database
     echo: Echo
     notes: list[str] = field(default_factory=list)
+    force: bool = False  # --force: allow a DATABASE_URL target (still only an empty one)
+    tenants: DemoTenants | None = None
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.settings.data_dir / CREDENTIALS_FILE
+
+    def ingest_key(self, public_id: str) -> str:
+        """The demo site's ingest key (from the tenants step, else from the credentials file)."""
+        if self.tenants is not None:
+            return self.tenants.ingest_key(public_id)
+        from kernel.demo.tenants import read_credentials
+
+        return read_credentials(self.credentials_path)[credential_name("ingest", public_id)]
+
+    def check_target(self) -> None:
+        """Refuse a database that is not the demo's own (``kernel.demo.guard``)."""
+        with self.db.connect("owner", autocommit=True) as conn:
+            check_demo_target(conn, embedded=self.settings.embedded, force=self.force)
 
 
 def _step_database(run: DemoRun) -> None:
+    run.check_target()  # before anything changes, migrations included
     with run.db.connect("owner") as conn:
         applied = migrations.migrate(conn)
     where = "embedded PostgreSQL" if run.settings.embedded else "DATABASE_URL"
@@ -36,12 +58,19 @@ def _step_database(run: DemoRun) -> None:
 
 def _step_tenants(run: DemoRun) -> None:
     with run.db.transaction("app") as conn:
-        created = ensure_demo_tenants(conn)
+        run.tenants = tenants = ensure_demo_tenants(conn, run.credentials_path)
     run.echo("demo sites:")
-    for demo, new in created:
+    for demo, new in tenants.sites:
         state = "created" if new else "exists "
         run.echo(f"  {state} {demo.public_id:<14} {demo.site_id}  {demo.story}")
-    run.notes.append(f"platform admin demo token: {demo_token('admin')}")
+    if tenants.issued:
+        # Printed once, when issued: random secrets, never derived from public names.
+        run.echo(f"demo credentials issued now (random; also in {run.credentials_path}, mode 0600):")
+        for name in tenants.issued:
+            run.echo(f"  {name}={tenants.credentials[name]}")
+    if tenants.revoked:
+        run.echo(f"  revoked {tenants.revoked} demo credential(s) no longer in the credentials file")
+    run.notes.append(f"demo credentials: {run.credentials_path} (load them: set -a; . {run.credentials_path}; set +a)")
 
 
 def _step_traffic(run: DemoRun) -> None:
@@ -53,6 +82,8 @@ def _step_traffic(run: DemoRun) -> None:
 def _step_crons(run: DemoRun) -> None:
     from kernel.cron.demo import run_cron_demo
 
+    # Again right before the crons: they run on a simulated clock and act on every site there.
+    run.check_target()
     run_cron_demo(run)
 
 
@@ -88,8 +119,8 @@ def demo_steps() -> list[tuple[str, Callable[[DemoRun], None]]]:
     ]
 
 
-def run_demo(settings: Settings, echo: Echo) -> DemoRun:
-    run = DemoRun(settings=settings, db=Database(settings), echo=echo)
+def run_demo(settings: Settings, echo: Echo, *, force: bool = False) -> DemoRun:
+    run = DemoRun(settings=settings, db=Database(settings), echo=echo, force=force)
     for _, step in demo_steps():
         step(run)
     echo("")

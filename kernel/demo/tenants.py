@@ -1,25 +1,49 @@
 """The deterministic demo tenants: four plans and billing modes, the same on every machine.
 
-Their ids and keys are derived from fixed names so that `make demo` is repeatable and the
-notebooks' default parameters point at them. Demo keys are public knowledge: never reuse them.
+Their site ids are derived from fixed names so that `make demo` is repeatable and the notebooks'
+default parameters point at them (a site id is not a credential). Their keys and tokens are not:
+every secret is random, printed once when issued, and kept in ``<data dir>/demo-credentials.env``
+(mode 0600, ``NAME=value`` lines a shell can source) for the README's copy-paste steps. A re-run
+reuses the secrets of that file that still work and issues new ones for those that do not; every
+other live credential of a demo site, and every demo-labelled platform token (the derived tokens
+of earlier versions included), is revoked. Nothing in the ledger depends on a key's value: the
+traffic uses client event ids, so the demo's ledger stays byte-deterministic.
 """
 
 from __future__ import annotations
 
-import hashlib
+import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from kernel.tenants import create_site, issue_key
+from kernel.clock import SystemClock
+from kernel.tenants import authenticate, create_site, issue_key, revoke_key
 from kernel.tenants.keys import hash_secret
 
-__all__ = ["DEMO_SITES", "DemoSite", "demo_token", "ensure_demo_tenants"]
+__all__ = [
+    "CREDENTIALS_FILE",
+    "DEMO_KEY_LABEL",
+    "DEMO_LABELS",
+    "DEMO_SITES",
+    "DemoSite",
+    "DemoTenants",
+    "credential_name",
+    "ensure_demo_tenants",
+    "read_credentials",
+]
 
 _NAMESPACE = uuid.UUID("6f1c1d2e-8a55-4d3c-9a53-2b0e6f0c1a10")
+CREDENTIALS_FILE = "demo-credentials.env"
+DEMO_KEY_LABEL = "revkernel-demo"
+DEMO_LABELS = (DEMO_KEY_LABEL, "demo")  # "demo": the (derived, public) tokens of earlier versions
+DEMO_ACTOR = "demo"
+SITE_ROLES = ("ingest", "viewer", "billing", "admin")
 
 
 @dataclass(frozen=True)
@@ -36,10 +60,6 @@ class DemoSite:
     @property
     def site_id(self) -> uuid.UUID:
         return uuid.uuid5(_NAMESPACE, self.public_id)
-
-    @property
-    def ingest_key(self) -> str:
-        return f"rk_ingest_demo_{_derive(self.public_id, 'ingest')}"
 
 
 DEMO_SITES: tuple[DemoSite, ...] = (
@@ -86,18 +106,72 @@ DEMO_SITES: tuple[DemoSite, ...] = (
 )
 
 
-def _derive(public_id: str, purpose: str) -> str:
-    return hashlib.sha256(f"revkernel-demo:{public_id}:{purpose}".encode()).hexdigest()[:32]
+def credential_name(role: str, public_id: str | None = None) -> str:
+    """The variable of one credential in the file: ``DEMO_OVERAGE_INGEST_KEY``, ``DEMO_PLATFORM_ADMIN_TOKEN``."""
+    scope = (public_id or "demo-platform").upper().replace("-", "_")
+    return f"{scope}_{role.upper()}_{'KEY' if role == 'ingest' else 'TOKEN'}"
 
 
-def demo_token(role: str, public_id: str | None = None) -> str:
-    """The demo user token for ``role`` on a demo site (or platform-wide when no site)."""
-    return f"rk_user_demo_{_derive(public_id or 'platform', role)}"
+@dataclass
+class DemoTenants:
+    """What ``ensure_demo_tenants`` did: sites (created now or not) and the credentials."""
+
+    sites: list[tuple[DemoSite, bool]]
+    credentials: dict[str, str]
+    issued: list[str] = field(default_factory=list)  # credential names issued now (print them once)
+    revoked: int = 0
+
+    def ingest_key(self, public_id: str) -> str:
+        return self.credentials[credential_name("ingest", public_id)]
 
 
-def ensure_demo_tenants(conn: psycopg.Connection[Any]) -> list[tuple[DemoSite, bool]]:
-    """Create the demo sites, keys and tokens that are missing; report which were created now."""
-    result: list[tuple[DemoSite, bool]] = []
+def read_credentials(path: Path) -> dict[str, str]:
+    """The ``NAME=value`` lines of a credentials file (missing file: empty)."""
+    if not path.exists():
+        return {}
+    if path.stat().st_mode & 0o077:
+        os.chmod(path, 0o600)  # secrets: owner only, whatever created the file
+    values: dict[str, str] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            values[name.strip()] = value.strip()
+    return values
+
+
+def _write_credentials(path: Path, credentials: dict[str, str], now: datetime) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        f"# revkernel demo credentials, random, written {now.isoformat()} (keep private: mode 0600)",
+        f"# load them with: set -a; . {path}; set +a",
+        *(f"{name}={value}" for name, value in sorted(credentials.items())),
+    ]
+    tmp = path.with_suffix(".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _slots() -> list[tuple[str, uuid.UUID | None, str]]:
+    slots: list[tuple[str, uuid.UUID | None, str]] = [(credential_name("admin"), None, "admin")]
+    for demo in DEMO_SITES:
+        slots += [(credential_name(role, demo.public_id), demo.site_id, role) for role in SITE_ROLES]
+    return slots
+
+
+def ensure_demo_tenants(
+    conn: psycopg.Connection[Any], store: Path | None = None, *, now: datetime | None = None
+) -> DemoTenants:
+    """Create the missing demo sites and make their credentials exactly those of ``store``.
+
+    With ``store`` None (the audit sample) only the sites are ensured, with random keys kept nowhere.
+    """
+    now = now or SystemClock().now()
+    sites: list[tuple[DemoSite, bool]] = []
     for demo in DEMO_SITES:
         exists = conn.execute("SELECT 1 FROM sites WHERE id = %s", (demo.site_id,)).fetchone()
         if exists is None:
@@ -111,16 +185,39 @@ def ensure_demo_tenants(conn: psycopg.Connection[Any]) -> list[tuple[DemoSite, b
                 billing_mode=demo.billing_mode,
                 public_id=demo.public_id,
                 site_id=demo.site_id,
-                ingest_key=demo.ingest_key,
+                key_label=DEMO_KEY_LABEL,
             )
-        for role in ("viewer", "billing", "admin"):
-            _ensure_token(conn, demo.site_id, role, demo_token(role, demo.public_id))
-        result.append((demo, exists is None))
-    _ensure_token(conn, None, "admin", demo_token("admin"))
+        sites.append((demo, exists is None))
+    result = DemoTenants(sites, {})
+    if store is None:
+        return result
+    known = read_credentials(store)
+    for name, site_id, role in _slots():
+        secret = known.get(name)
+        key = authenticate(conn, secret, now=now) if secret else None
+        if key is None or key.site_id != site_id or key.role != role:
+            _, secret = issue_key(conn, site_id=site_id, role=role, label=DEMO_KEY_LABEL)
+            result.issued.append(name)
+        assert secret is not None
+        result.credentials[name] = secret
+    result.revoked = _revoke_others(conn, set(result.credentials.values()), now)
+    if result.issued or set(known) != set(result.credentials):
+        _write_credentials(store, result.credentials, now)
     return result
 
 
-def _ensure_token(conn: psycopg.Connection[Any], site_id: uuid.UUID | None, role: str, secret: str) -> None:
-    found = conn.execute("SELECT 1 FROM api_keys WHERE key_hash = %s", (hash_secret(secret),)).fetchone()
-    if found is None:
-        issue_key(conn, site_id=site_id, role=role, secret=secret, label="demo")
+def _revoke_others(conn: psycopg.Connection[Any], kept: set[str], now: datetime) -> int:
+    """Revoke every live credential of the demo sites, and every demo platform token, not kept."""
+    rows = conn.execute(
+        """
+        SELECT id::text, key_hash FROM api_keys
+        WHERE revoked_at IS NULL
+          AND (site_id = ANY(%s) OR (site_id IS NULL AND label = ANY(%s)))
+        """,
+        ([d.site_id for d in DEMO_SITES], list(DEMO_LABELS)),
+    ).fetchall()
+    kept_hashes = {hash_secret(secret) for secret in kept}
+    stale = [key_id for key_id, key_hash in rows if key_hash not in kept_hashes]
+    for key_id in stale:
+        revoke_key(conn, key_id, now=now, actor=DEMO_ACTOR)
+    return len(stale)

@@ -178,10 +178,10 @@ class _DemoServer:
 
 
 async def _send(
-    http: httpx.AsyncClient, demo: DemoSite, body: dict[str, Any], log: SiteLog
+    http: httpx.AsyncClient, ingest_key: str, body: dict[str, Any], log: SiteLog
 ) -> tuple[int, dict[str, Any], httpx.Headers]:
     response = await http.post(
-        "/api/sync", json=body, headers={"Authorization": f"Bearer {demo.ingest_key}"}, params={"_ts": "1"}
+        "/api/sync", json=body, headers={"Authorization": f"Bearer {ingest_key}"}, params={"_ts": "1"}
     )
     payload = response.json()
     if response.status_code >= 500 or response.status_code in (400, 401, 403, 413, 422):
@@ -197,20 +197,20 @@ async def _send(
 
 
 async def _site_day(
-    http: httpx.AsyncClient, demo: DemoSite, today: list[dict[str, Any]], retry: list[dict[str, Any]], log: SiteLog
+    http: httpx.AsyncClient, ingest_key: str, today: list[dict[str, Any]], retry: list[dict[str, Any]], log: SiteLog
 ) -> list[str]:
     """Send one site's day: its events in batches, then yesterday's retries; return rejected ids."""
     rejected: list[str] = []
     for start in range(0, len(today), BATCH_EVENTS):
         chunk = today[start : start + BATCH_EVENTS]
-        _, payload, _ = await _send(http, demo, {"events": chunk}, log)
+        _, payload, _ = await _send(http, ingest_key, {"events": chunk}, log)
         rejected += [chunk[r["index"]]["event_id"] for r in payload["results"] if r["status"] == "rejected_quota"]
     for event in retry:
-        await _send(http, demo, event, log)
+        await _send(http, ingest_key, event, log)
     return rejected
 
 
-async def _drive(url: str, clock_path: Path) -> dict[str, SiteLog]:
+async def _drive(url: str, clock_path: Path, keys: dict[str, str]) -> dict[str, SiteLog]:
     logs = {demo.public_id: SiteLog() for demo in DEMO_SITES}
     limits = httpx.Limits(max_connections=STORM_CONNECTIONS)
     async with httpx.AsyncClient(base_url=url, timeout=REQUEST_TIMEOUT_S, limits=limits) as http:
@@ -231,16 +231,17 @@ async def _drive(url: str, clock_path: Path) -> dict[str, SiteLog]:
                     retry = rng.sample(sent[pid], min(per_day, len(sent[pid]))) if day > 1 else []
                     today = days[pid][day - 1]
                     sent[pid] += today
-                    jobs.append(_site_day(http, demo, today, retry, logs[pid]))
+                    jobs.append(_site_day(http, keys[pid], today, retry, logs[pid]))
                 for demo, ids in zip(DEMO_SITES, await asyncio.gather(*jobs), strict=True):
                     rejected[demo.public_id] += ids
-            await _storms(http, clock_path, year, month, plans, rejected, sent, logs)
+            await _storms(http, clock_path, keys, year, month, plans, rejected, sent, logs)
     return logs
 
 
 async def _storms(
     http: httpx.AsyncClient,
     clock_path: Path,
+    keys: dict[str, str],
     year: int,
     month: int,
     plans: dict[str, MonthPlan],
@@ -262,7 +263,10 @@ async def _storms(
             write_clock_file(clock_path, start + timedelta(seconds=chunk // STORM_CLOCK_STEP_REQUESTS))
             end = min(plan.storm_retries, chunk + STORM_CLOCK_STEP_REQUESTS)
             await asyncio.gather(
-                *(_send(http, demo, by_id[ids[i % len(ids)]], logs[demo.public_id]) for i in range(chunk, end))
+                *(
+                    _send(http, keys[demo.public_id], by_id[ids[i % len(ids)]], logs[demo.public_id])
+                    for i in range(chunk, end)
+                )
             )
 
 
@@ -317,10 +321,11 @@ def run_traffic(run: DemoRun) -> None:
         clock_path = run.settings.data_dir / "demo-clock.txt"
         write_clock_file(clock_path, datetime(2026, 9, 1, 9, tzinfo=UTC))
         started = time.monotonic()
+        keys = {demo.public_id: run.ingest_key(demo.public_id) for demo in DEMO_SITES}
         server = _DemoServer(run, clock_path)
         try:
             server.wait_ready()
-            logs = asyncio.run(_drive(server.url, clock_path))
+            logs = asyncio.run(_drive(server.url, clock_path, keys))
         finally:
             server.stop()
         run.echo(f"traffic: {', '.join(DEMO_MONTHS)} sent over HTTP in {time.monotonic() - started:.1f}s; answers:")

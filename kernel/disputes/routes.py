@@ -48,9 +48,9 @@ from kernel.disputes.schemas import (
     case_list,
 )
 from kernel.export.access import actor_of, parse_site_id, require_key
-from kernel.export.queries import authenticate_async
 from kernel.months import parse_year_month
 from kernel.tenants import ApiKey
+from kernel.tenants.directory import credentials_of
 from kernel.web import AppState, app_state, bearer_token
 
 __all__ = ["dispute_route_handlers"]
@@ -81,8 +81,10 @@ async def _authenticate(connection: Any, _: BaseRouteHandler) -> None:
     """Guard: 401 before anything else is looked at; the key is kept for the handler."""
     request: Request[Any, Any, Any] = connection
     token = bearer_token(request)
-    async with app_state(request).require_pool().connection() as conn:
-        key = require_key(await authenticate_async(conn, token) if token else None)
+    state = app_state(request)
+    # Through the bounded, gated credential cache: an unknown token costs no connection (issue 12 §4).
+    credentials = credentials_of(state)
+    key = require_key(await credentials.user_token(state.require_pool(), token, state.clock.now()) if token else None)
     request.state[_KEY_STATE] = key
 
 

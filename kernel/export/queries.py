@@ -11,12 +11,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from kernel.ledger import SnapshotDocument
-from kernel.tenants import ApiKey
-from kernel.tenants.keys import hash_secret
 
 __all__ = [
     "SnapshotRecord",
-    "authenticate_async",
     "cleaned_up_rows_async",
     "load_snapshot",
     "load_snapshot_async",
@@ -34,10 +31,6 @@ _SNAPSHOT_SQL = """
 _AUDIT_SQL = """
     INSERT INTO audit_log (at, actor, action, site_id, year_month, details)
     VALUES (%s, %s, %s, %s, %s, %s)
-"""
-_AUTH_SQL = """
-    SELECT id, site_id, role, key_prefix, revoked_at FROM api_keys
-    WHERE key_hash = %s AND revoked_at IS NULL
 """
 
 
@@ -110,13 +103,6 @@ async def record_audit_async(
     details: dict[str, Any],
 ) -> None:
     await conn.execute(_AUDIT_SQL, (at, actor, action, site_id, year_month, Jsonb(details)))
-
-
-async def authenticate_async(conn: psycopg.AsyncConnection[Any], secret: str) -> ApiKey | None:
-    """The live key for ``secret`` (same rule as ``kernel.tenants.authenticate``), or None."""
-    cur = await conn.execute(_AUTH_SQL, (hash_secret(secret),))
-    row = await cur.fetchone()
-    return ApiKey(*row) if row is not None else None
 
 
 async def cleaned_up_rows_async(

@@ -20,7 +20,6 @@ from kernel.export.csv import CsvDigest, ExportTally, export_chunks, export_file
 from kernel.export.manifest import month_manifest
 from kernel.export.queries import (
     SnapshotRecord,
-    authenticate_async,
     cleaned_up_rows_async,
     load_snapshot_async,
     record_audit_async,
@@ -28,6 +27,7 @@ from kernel.export.queries import (
 )
 from kernel.export.stream import ExportBusy, ExportSlots, export_chunks_async
 from kernel.tenants import ApiKey
+from kernel.tenants.directory import credentials_of
 from kernel.web import AppState, app_state, bearer_token, request_id_of
 
 __all__ = ["dispute_export", "dispute_manifest", "export_route_handlers"]
@@ -45,8 +45,10 @@ async def _authorised(
     """
     state = app_state(request)
     token = bearer_token(request)
-    async with state.require_pool().connection() as conn:
-        key = require_key(await authenticate_async(conn, token) if token else None)
+    pool = state.require_pool()
+    # The token first, through the bounded, gated cache: an unknown token costs no connection.
+    key = require_key(await credentials_of(state).user_token(pool, token, state.clock.now()) if token else None)
+    async with pool.connection() as conn:
         site, month = parse_export_params(site_id, year_month)
         authorize_export(key, site, site_exists=await site_exists_async(conn, site))
         snapshot = await load_snapshot_async(conn, site, month)

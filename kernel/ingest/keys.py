@@ -48,6 +48,7 @@ class KeyedEvent:
     event_class: str | None  # None: billable; else the non-billable reason
     occurred_at: datetime | None
     payload: dict[str, Any]  # the outbox payload, without the billing decision
+    client_hash: str | None = None  # salted hash of the sender's address (kernel.ingest.clients)
 
 
 def server_ms(now: datetime) -> int:

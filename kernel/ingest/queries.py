@@ -1,4 +1,5 @@
-"""The SQL of ingest: site lookups and the ledger transaction (the only place ingest SQL lives).
+"""The SQL of ingest: the ledger transaction (the only place ingest SQL lives; site and key
+lookups are in ``kernel.tenants``).
 
 The ledger transaction is the ``ingest_write`` function of ``sql/migrations/0005_ingest_write.sql``:
 one statement per request (a single event or a batch of up to 100), so one network round trip,
@@ -22,37 +23,16 @@ import msgspec
 from psycopg import AsyncConnection
 
 from kernel.ingest.keys import KeyedEvent
-from kernel.tenants.sites import Site
 
 __all__ = [
     "WRITE_EVENTS",
     "LedgerResult",
-    "origin_is_allowed",
     "read_original",
-    "site_by_key_hash",
-    "site_by_public_id",
     "write_events",
 ]
 
 # The function waits at most 3 s for the site-month lock (its own SET lock_timeout); the caller
 # bounds the whole call with kernel.ingest.service.LEDGER_TIMEOUT_S.
-
-_SITE_COLUMNS = """
-    s.id, s.public_id, s.name, s.billing_mode, s.ingest_auth, s.allowed_origins,
-    p.monthly_limit, p.soft_limit_enabled, p.hard_cap_multiplier, p.rate_limit_per_minute
-"""
-
-SITE_BY_KEY_HASH = f"""
-SELECT {_SITE_COLUMNS}
-FROM api_keys k JOIN sites s ON s.id = k.site_id JOIN site_plans p ON p.site_id = s.id
-WHERE k.key_hash = %s AND k.role = 'ingest' AND k.revoked_at IS NULL
-"""
-
-SITE_BY_PUBLIC_ID = f"""
-SELECT {_SITE_COLUMNS} FROM sites s JOIN site_plans p ON p.site_id = s.id WHERE s.public_id = %s
-"""
-
-ORIGIN_ALLOWED = "SELECT EXISTS (SELECT 1 FROM sites WHERE %s = ANY (allowed_origins))"
 
 WRITE_EVENTS = """
 SELECT * FROM ingest_write(%(site_id)s::uuid, %(now)s::timestamptz, %(billing_enabled)s::boolean,
@@ -82,32 +62,6 @@ class LedgerResult:
     request_id: str | None
 
 
-def _site(row: tuple[Any, ...]) -> Site:
-    values = list(row)
-    values[5] = tuple(values[5] or ())
-    return Site(*values)
-
-
-async def site_by_key_hash(conn: AsyncConnection[Any], key_hash: str) -> Site | None:
-    """The site of a live ingest key, or None for an unknown, revoked or non-ingest key."""
-    cur = await conn.execute(SITE_BY_KEY_HASH, (key_hash,))
-    row = await cur.fetchone()
-    return _site(row) if row is not None else None
-
-
-async def site_by_public_id(conn: AsyncConnection[Any], public_id: str) -> Site | None:
-    cur = await conn.execute(SITE_BY_PUBLIC_ID, (public_id,))
-    row = await cur.fetchone()
-    return _site(row) if row is not None else None
-
-
-async def origin_is_allowed(conn: AsyncConnection[Any], origin: str) -> bool:
-    """True when some site lists ``origin`` (CORS preflights carry no key and no body)."""
-    cur = await conn.execute(ORIGIN_ALLOWED, (origin,))
-    row = await cur.fetchone()
-    return bool(row and row[0])
-
-
 def write_params(
     site_id: uuid.UUID, now: datetime, request_id: str, billing_enabled: bool, events: list[KeyedEvent]
 ) -> dict[str, Any]:
@@ -125,6 +79,7 @@ def write_params(
             "fp": k.event.fp,
             "at": k.occurred_at,
             "p": k.payload,
+            "a": k.client_hash,  # migration 0021
         }
         for k in events
     ]

@@ -8,6 +8,7 @@ from typing import Any
 from litestar import Request, Response, route
 
 from kernel import metrics
+from kernel.ingest.clients import client_address
 from kernel.ingest.schemas import MAX_BODY_BYTES
 from kernel.ingest.service import EXPOSED_HEADERS, IngestCall, Reply, handle_ingest, preflight_allowed, runtime_of
 from kernel.web import app_state, bearer_token, request_id_of
@@ -81,24 +82,31 @@ async def sync(request: Request[Any, Any, Any]) -> Response[bytes]:
             outcome="invalid",
         )
     else:
+        state = app_state(request)
         call = IngestCall(
             body=body,
             bearer=bearer_token(request),
             origin=request.headers.get("origin"),
             idempotency_key=request.headers.get("idempotency-key"),
             request_id=request_id_of(request.scope),
+            client_address=client_address(
+                request.client.host if request.client is not None else None,
+                request.headers.getall("x-forwarded-for", []),
+                state.settings.trusted_proxies,
+            ),
         )
-        reply = await handle_ingest(app_state(request), call)
+        reply = await handle_ingest(state, call)
     response = _response(reply)
     metrics.INGEST_LATENCY.labels(reply.outcome).observe(time.perf_counter() - started)
     return response
 
 
 async def _preflight(request: Request[Any, Any, Any]) -> Response[bytes]:
-    """CORS preflight: allowed only for an origin that some site lists."""
+    """CORS preflight: allowed only for an origin on the allowlist of the site named by ``?s=``."""
     origin = request.headers.get("origin")
     headers = {"access-control-expose-headers": EXPOSED_HEADERS, "vary": "Origin"}
-    if origin is not None and await preflight_allowed(app_state(request), origin):
+    public_id = request.query_params.get("s")
+    if origin is not None and await preflight_allowed(app_state(request), origin, public_id):
         headers.update(
             {
                 "access-control-allow-origin": origin,
@@ -108,7 +116,10 @@ async def _preflight(request: Request[Any, Any, Any]) -> Response[bytes]:
             }
         )
         return Response(b"", status_code=204, headers=headers)
-    body = b'{"ok":false,"error":"origin_not_allowed","message":"this origin may not send events"}'
+    body = (
+        b'{"ok":false,"error":"origin_not_allowed","message":"this origin may not send events for the site'
+        b' named by ?s=<public id>"}'
+    )
     return Response(body, status_code=403, media_type="application/json", headers=headers)
 
 

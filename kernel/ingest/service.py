@@ -21,20 +21,23 @@ Decisions written down here (SPEC is silent on them):
 - ``billing_disabled`` (mode ``off`` or ``BILLING_ENABLED=false``) wins over the non-billable
   classes; such events carry no quota header (nothing is metered).
 - Shadow mode answers 200 like an accepted event, with the quota remaining it computed.
-- Site and key lookups are cached per process for ``SITE_CACHE_TTL_S``: a revoked key is refused
-  within that time (the plan itself is always read inside the ledger transaction, so quota and
-  billing mode are exact at once).
+- Site and key lookups go through the bounded, gated caches of ``kernel.tenants.directory``: a
+  revoked key is refused within ``FOUND_TTL_S``, an unknown key or site id is remembered as
+  unknown, and a flood of them costs a few database connections at most, never the ingest pool
+  (busy: 503 ``lookup_busy`` with ``Retry-After``). The plan itself is always read inside the
+  ledger transaction, so quota and billing mode are exact at once.
 - The database unreachable for auth is the same 500 ``billing_gate_closed`` as a failed ledger write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import re
-import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -45,12 +48,14 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from kernel import metrics
 from kernel.ingest import queries
+from kernel.ingest.clients import ClientHasher, load_client_hash_secret
 from kernel.ingest.keys import KeyedEvent, keyed_event, server_ms
 from kernel.ingest.queries import LedgerResult
-from kernel.ingest.ratelimit import REDIS_TIMEOUT_S, SiteRateLimiter
+from kernel.ingest.ratelimit import REDIS_TIMEOUT_S, RateDecision, RateLimitBusy, SiteRateLimiter
 from kernel.ingest.schemas import MAX_BODY_BYTES, SchemaViolation, decode_json, to_events
-from kernel.months import next_month_start
-from kernel.tenants.keys import hash_secret
+from kernel.lookup_cache import LookupBusy
+from kernel.months import next_month_start, year_month_of
+from kernel.tenants.directory import CredentialDirectory, credentials_of
 from kernel.tenants.sites import Site
 from kernel.web import AppState
 
@@ -69,10 +74,10 @@ __all__ = [
 _log = logging.getLogger("kernel.ingest")
 
 PUBLIC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,63}$")  # sites.public_id (migration 0001)
-SITE_CACHE_TTL_S = 2.0
 LEDGER_TIMEOUT_S = 5.0  # the whole ledger call; past it the query is cancelled and the gate closes (500)
-SITE_CACHE_MAX_ENTRIES = 10_000
 EXTRAS_KEY = "ingest"
+UNKNOWN_CLIENT = "unknown"
+MAX_RATE_UNITS = 1000  # a request counts at most this many events (a batch over 100 fails validation anyway)
 
 H_QUOTA_REMAINING = "x-opsmantik-quota-remaining"
 H_QUOTA_EXCEEDED = "x-opsmantik-quota-exceeded"
@@ -80,8 +85,19 @@ H_OVERAGE = "x-opsmantik-overage"
 H_DEDUP = "x-opsmantik-dedup"
 H_RATELIMIT = "x-opsmantik-ratelimit"
 H_DEGRADED = "x-opsmantik-degraded"
+H_RATELIMIT_SCOPE = "x-opsmantik-ratelimit-scope"  # site | client: which window answered the 429
 EXPOSED_HEADERS = ", ".join(
-    [H_QUOTA_REMAINING, H_QUOTA_EXCEEDED, H_OVERAGE, H_DEDUP, H_RATELIMIT, H_DEGRADED, "retry-after", "x-request-id"]
+    [
+        H_QUOTA_REMAINING,
+        H_QUOTA_EXCEEDED,
+        H_OVERAGE,
+        H_DEDUP,
+        H_RATELIMIT,
+        H_RATELIMIT_SCOPE,
+        H_DEGRADED,
+        "retry-after",
+        "x-request-id",
+    ]
 )
 
 
@@ -94,6 +110,7 @@ class IngestCall:
     origin: str | None
     idempotency_key: str | None
     request_id: str
+    client_address: str | None = None  # behind trusted proxies only (kernel.ingest.clients)
 
 
 @dataclass
@@ -145,47 +162,12 @@ def decide(
     return Decision(False, "REJECTED_QUOTA", verdict, 429, 0)
 
 
-class SiteDirectory:
-    """Per-process cache of site lookups by key hash and by public id (``SITE_CACHE_TTL_S``)."""
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[str, str], tuple[float, Site | None]] = {}
-        self._origins: dict[str, tuple[float, bool]] = {}
-
-    async def lookup(self, pool: AsyncConnectionPool, kind: str, value: str) -> Site | None:
-        entry = self._entries.get((kind, value))
-        now = time.monotonic()
-        if entry is not None and entry[0] > now:
-            return entry[1]
-        async with pool.connection() as conn:
-            if kind == "key":
-                site = await queries.site_by_key_hash(conn, value)
-            else:
-                site = await queries.site_by_public_id(conn, value)
-        if len(self._entries) >= SITE_CACHE_MAX_ENTRIES:
-            self._entries.clear()
-        self._entries[(kind, value)] = (now + SITE_CACHE_TTL_S, site)
-        return site
-
-    async def origin_allowed(self, pool: AsyncConnectionPool, origin: str) -> bool:
-        entry = self._origins.get(origin)
-        now = time.monotonic()
-        if entry is not None and entry[0] > now:
-            return entry[1]
-        async with pool.connection() as conn:
-            allowed = await queries.origin_is_allowed(conn, origin)
-        if len(self._origins) >= SITE_CACHE_MAX_ENTRIES:
-            self._origins.clear()
-        self._origins[origin] = (now + SITE_CACHE_TTL_S, allowed)
-        return allowed
-
-
 @dataclass
 class IngestRuntime:
-    """Per-process state of ingest: site cache and rate limiter (kept in ``AppState.extras``)."""
+    """Per-process state of ingest: the rate limiter and the client hasher (in ``AppState.extras``)."""
 
-    sites: SiteDirectory
     limiter: SiteRateLimiter
+    clients: ClientHasher
 
     async def close(self) -> None:
         await self.limiter.close()
@@ -201,7 +183,7 @@ def runtime_of(state: AppState) -> IngestRuntime:
             prefix=extra.get("REVKERNEL_REDIS_PREFIX", "rk"),
             timeout_s=state.settings.seconds("REVKERNEL_REDIS_TIMEOUT_S", REDIS_TIMEOUT_S),
         )
-        runtime = IngestRuntime(SiteDirectory(), limiter)
+        runtime = IngestRuntime(limiter, ClientHasher(load_client_hash_secret(state.settings)))
         state.extras[EXTRAS_KEY] = runtime
     assert isinstance(runtime, IngestRuntime)
     return runtime
@@ -241,6 +223,7 @@ async def handle_ingest(state: AppState, call: IngestCall) -> Reply:
 
 async def _pipeline(state: AppState, call: IngestCall) -> Reply:
     runtime = runtime_of(state)
+    credentials = credentials_of(state)
     pool = state.require_pool()
     # 1. size
     if len(call.body) > MAX_BODY_BYTES:
@@ -248,7 +231,7 @@ async def _pipeline(state: AppState, call: IngestCall) -> Reply:
     # 2. auth
     document: Any = None
     if call.bearer is not None:
-        site = await _lookup(runtime, pool, "key", hash_secret(call.bearer))
+        site = await _lookup(credentials.site_of_ingest_key(pool, call.bearer, state.clock.now()))
         if site is None:
             raise _error(401, "unauthorized", "unknown or revoked ingest key", outcome="unauthorized")
         if call.origin is not None and site.allowed_origins and call.origin not in site.allowed_origins:
@@ -256,11 +239,16 @@ async def _pipeline(state: AppState, call: IngestCall) -> Reply:
         document = _parse(call.body)
     else:
         document = _parse(call.body)
-        site = await _public_site(runtime, pool, document, call.origin)
+        site = await _public_site(credentials, pool, document, call.origin)
     cors_origin = call.origin if call.origin is not None and call.origin in site.allowed_origins else None
     _check_site_refs(document, site)
-    # 3. rate limit (one unit per request, a batch included)
-    decision = await runtime.limiter.hit(site.id, site.rate_limit_per_minute)
+    # 3. rate limit: every event counts; public sites also per client address
+    now = state.clock.now()
+    # An address that is not an IP (a Unix socket) is one shared "unknown" client, never unlimited.
+    client_hash = (
+        runtime.clients.digest(call.client_address, year_month_of(now)) if call.client_address else UNKNOWN_CLIENT
+    )
+    decision = await _rate_limit(runtime, site, _units(document), client_hash, cors_origin)
     extra_headers: dict[str, str] = {}
     if decision.degraded:
         metrics.RATELIMIT_DEGRADED.inc()
@@ -268,13 +256,19 @@ async def _pipeline(state: AppState, call: IngestCall) -> Reply:
     try:
         if not decision.allowed:
             metrics.INGEST_RATE_LIMITED.inc()
-            stop = _error(429, "rate_limited", "rate limit per minute exceeded for this site", outcome="rate_limited")
+            what = "this client address" if decision.scope == "client" else "this site"
+            stop = _error(
+                429, "rate_limited", f"rate limit of events per minute exceeded for {what}", outcome="rate_limited"
+            )
             # Golden rule 5: the rate-limit 429 never carries a quota header.
-            stop.reply.headers.update({H_RATELIMIT: "1", "retry-after": str(decision.retry_after_s)})
+            stop.reply.headers.update(
+                {H_RATELIMIT: "1", H_RATELIMIT_SCOPE: decision.scope, "retry-after": str(decision.retry_after_s)}
+            )
             raise stop
         # 4. validate, 5. classify and key
-        now = state.clock.now()
         keyed, is_batch = _validate(document, site, call, server_ms(now))
+        if client_hash != UNKNOWN_CLIENT:
+            keyed = [dataclasses.replace(k, client_hash=client_hash) for k in keyed]
         # 6. ledger transaction
         results = await _write(state, pool, site, now, call.request_id, keyed)
         # 7. respond
@@ -288,6 +282,33 @@ async def _pipeline(state: AppState, call: IngestCall) -> Reply:
     return reply
 
 
+def _units(document: Any) -> int:
+    """Rate-limit units of a request: its events (a batch of 100 costs 100), at least 1."""
+    if isinstance(document, dict) and isinstance(document.get("events"), list):
+        return max(1, min(len(document["events"]), MAX_RATE_UNITS))
+    return 1
+
+
+async def _rate_limit(
+    runtime: IngestRuntime, site: Site, units: int, client_hash: str | None, cors_origin: str | None
+) -> RateDecision:
+    # Public sites accept any request whose (forgeable) Origin is allowed: limit each address too.
+    client = client_hash if site.ingest_auth == "public" else None
+    try:
+        return await runtime.limiter.hit(
+            site.id,
+            site.rate_limit_per_minute,
+            units=units,
+            client=client,
+            client_limit_per_minute=site.client_rate_limit_per_minute,
+        )
+    except RateLimitBusy as exc:
+        stop = _error(503, exc.code, exc.message, outcome="busy")
+        stop.reply.headers["retry-after"] = "1"
+        stop.reply.cors_origin = cors_origin
+        raise stop from exc
+
+
 def _parse(body: bytes) -> Any:
     try:
         return decode_json(body)
@@ -299,16 +320,22 @@ def _parse(body: bytes) -> Any:
         raise _error(400, "invalid_json", "the body is nested too deeply", outcome="invalid") from exc
 
 
-async def _lookup(runtime: IngestRuntime, pool: AsyncConnectionPool, kind: str, value: str) -> Site | None:
+async def _lookup(lookup: Awaitable[Site | None]) -> Site | None:
     try:
-        return await runtime.sites.lookup(pool, kind, value)
+        return await lookup
+    except LookupBusy as exc:
+        stop = _error(503, exc.code, exc.message, outcome="busy")
+        stop.reply.headers["retry-after"] = str(exc.retry_after_s)
+        raise stop from exc
     except (psycopg.Error, PoolTimeout, OSError) as exc:
         raise _gate_closed(None, "site lookup", exc) from exc
 
 
-async def _public_site(runtime: IngestRuntime, pool: AsyncConnectionPool, document: Any, origin: str | None) -> Site:
+async def _public_site(
+    credentials: CredentialDirectory, pool: AsyncConnectionPool, document: Any, origin: str | None
+) -> Site:
     ref = _site_ref(document)
-    site = await _lookup(runtime, pool, "public", ref) if ref and PUBLIC_ID.match(ref) else None
+    site = await _lookup(credentials.site_by_public_id(pool, ref)) if ref and PUBLIC_ID.match(ref) else None
     if site is None or site.ingest_auth != "public" or origin is None:
         raise _error(
             401, "unauthorized", "missing ingest key: send Authorization: Bearer <key>", outcome="unauthorized"
@@ -474,9 +501,18 @@ def _batch_reply(events: list[KeyedEvent], results: list[LedgerResult], now: dat
     return Reply(200, body, headers, outcome="batch")
 
 
-async def preflight_allowed(state: AppState, origin: str) -> bool:
-    """Whether a CORS preflight from ``origin`` may proceed (some site allows that origin)."""
-    try:
-        return await runtime_of(state).sites.origin_allowed(state.require_pool(), origin)
-    except (psycopg.Error, PoolTimeout, OSError):
+async def preflight_allowed(state: AppState, origin: str, public_id: str | None) -> bool:
+    """Whether a CORS preflight from ``origin`` may proceed: the site it names (``?s=``) lists it.
+
+    A preflight carries no key and no body, so the site comes from the query string (a browser
+    sends the real request's URL with its preflight). No named site, an unknown one, an origin
+    the site does not list, or a busy or unreachable database: no preflight (same answer for all,
+    so a preflight never tells which sites exist).
+    """
+    if not public_id or not PUBLIC_ID.match(public_id):
         return False
+    try:
+        site = await credentials_of(state).site_by_public_id(state.require_pool(), public_id)
+    except (LookupBusy, psycopg.Error, PoolTimeout, OSError):
+        return False
+    return site is not None and origin in site.allowed_origins

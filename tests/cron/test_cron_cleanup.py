@@ -94,11 +94,12 @@ def test_at_most_max_rows_per_run_and_a_tampered_archive_stops_deletion(
 
 
 def test_archive_that_does_not_match_the_snapshot_is_refused(
-    settings: Settings, app_conn: psycopg.Connection[Any]
+    settings: Settings, app_conn: psycopg.Connection[Any], owner_conn: psycopg.Connection[Any]
 ) -> None:
     site, _, clock = _setup(settings, app_conn)
-    # The ledger no longer matches the snapshot (a row was changed behind the kernel's back).
-    app_conn.execute(
+    # The ledger no longer matches the snapshot (a row was changed behind the kernel's back: the
+    # app role cannot rewrite ledger rows, the owner can).
+    owner_conn.execute(
         "UPDATE ingest_idempotency SET billing_state = 'OVERAGE' WHERE site_id = %s AND year_month = '2026-01'"
         " AND billing_state = 'ACCEPTED' AND billable",
         (site,),

@@ -223,7 +223,7 @@ def test_global_kill_switch_records_everything_non_billable(settings: Any, app_c
 
 
 def test_batch_results_per_event_with_duplicates_inside_and_against_ledger(harness: Harness) -> None:
-    site = make_site(harness.conn, monthly_limit=3, rate_limit_per_minute=2)
+    site = make_site(harness.conn, monthly_limit=3, rate_limit_per_minute=9)
     assert post(harness, {"event_id": "old", "ec": "x"}, auth(site)).status_code == 200
     body = {
         "events": [
@@ -256,8 +256,11 @@ def test_batch_results_per_event_with_duplicates_inside_and_against_ledger(harne
     assert sorted(r[0] for r in ledger(harness.conn, site)) == ["n1", "n2", "n3", "n4", "old"]
     c = counters(harness.conn, site, YM)
     assert (c["event_count"], c["rejected_count"], c["non_billable_count"], c["dedup_count"]) == (3, 1, 1, 3)
-    # The batch was one rate-limit unit: this is the second request of the minute, the third is refused.
-    assert post(harness, {"events": [{"event_id": "z"}]}, auth(site)).status_code == 429
+    # The rate limit counts events: 1 + 7 of 9 are used, a batch of 2 is refused whole, 1 fits.
+    refused = post(harness, {"events": [{"event_id": "z1"}, {"event_id": "z2"}]}, auth(site))
+    assert refused.status_code == 429 and refused.headers["x-opsmantik-ratelimit"] == "1"
+    assert post(harness, {"events": [{"event_id": "z"}]}, auth(site)).status_code == 200
+    assert post(harness, {"events": [{"event_id": "z3"}]}, auth(site)).status_code == 429
     keyed = post(harness, {"events": [{"event_id": "k"}]}, {**auth(site), "Idempotency-Key": "k"})
     assert keyed.status_code in (422, 429)
 
@@ -311,10 +314,11 @@ def test_public_tracker_text_plain_with_u_alias_and_origin_allowlist(harness: Ha
     assert "access-control-allow-origin" not in evil.headers
     no_origin = harness.client.post("/api/sync", content=body)
     assert no_origin.status_code == 401
-    preflight = harness.client.options("/api/sync", headers={"Origin": "https://shop.example"})
+    preflight = harness.client.options("/api/sync?s=tracker-site", headers={"Origin": "https://shop.example"})
     assert preflight.status_code == 204
     assert preflight.headers["access-control-allow-origin"] == "https://shop.example"
-    assert harness.client.options("/api/sync", headers={"Origin": "https://evil.example"}).status_code == 403
+    evil_preflight = harness.client.options("/api/sync?s=tracker-site", headers={"Origin": "https://evil.example"})
+    assert evil_preflight.status_code == 403
 
 
 def test_keyed_site_with_allowlist_refuses_other_browser_origins(harness: Harness) -> None:

@@ -22,7 +22,7 @@ def create_demo_database(server: str, name: str, data_dir: Path) -> str:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     owner = role_conninfo(server, dbname=name)
     settings = Settings(database_url=owner, data_dir=data_dir)
-    run = DemoRun(settings=settings, db=Database(settings), echo=lambda line: None)
+    run = DemoRun(settings=settings, db=Database(settings), echo=lambda line: None, force=True)
     steps = dict(demo_steps())
     for step in ("database", "tenants", "traffic", "crons"):
         steps[step](run)
