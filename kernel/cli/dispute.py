@@ -5,6 +5,9 @@
 on stderr); 2 a usage error (a malformed ``--trusted-key`` among them: ``trusted_key_malformed``);
 3 every check passed but no key was pinned (``key_not_pinned``): the packet is only shown to be
 consistent with the key it carries, which anyone can generate.
+
+The case commands (``open|list|show|investigate|resolve|close|invoice``) live in
+``kernel.cli.dispute_cases`` and are attached to this group by ``register``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 import click
 
 from kernel.cli.context import CliContext, pass_cli
+from kernel.cli.dispute_cases import add_case_commands, case_packet
 from kernel.clock import clock_from_spec
 from kernel.errors import InputError
 from kernel.export.packet import build_packet, parse_disputed_keys
@@ -39,26 +43,40 @@ def dispute_group() -> None:
 
 
 @dispute_group.command("packet")
-@click.option("--site", "site_ref", required=True, help="Site UUID or public id.")
-@click.option("--year-month", required=True, help="The frozen month, YYYY-MM.")
+@click.option("--site", "site_ref", default=None, help="Site UUID or public id.")
+@click.option("--year-month", default=None, help="The frozen month, YYYY-MM.")
 @click.option("--keys", default="", help="Comma-separated disputed idempotency keys (inclusion proofs).")
+@click.option("--case", "case_id", default=None, help="A dispute case: its month, keys, state and corrections.")
 @click.option(
     "--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Packet zip to write."
 )
 @click.option("--no-report", is_flag=True, help="Skip the rendered notebook report (no Jupyter kernel needed).")
 @pass_cli
-def packet(cli: CliContext, site_ref: str, year_month: str, keys: str, out: Path, no_report: bool) -> None:
-    """Assemble the evidence packet of a frozen site-month and verify it before writing it."""
-    result = build_packet(
-        cli.db,
-        site_ref=site_ref,
-        year_month=year_month,
-        disputed_keys=parse_disputed_keys(keys),
-        out=out,
-        clock=clock_from_spec(cli.settings.clock),
-        actor="cli:dispute-packet",
-        render_report=not no_report,
-    )
+def packet(
+    cli: CliContext,
+    site_ref: str | None,
+    year_month: str | None,
+    keys: str,
+    case_id: str | None,
+    out: Path,
+    no_report: bool,
+) -> None:
+    """Assemble the evidence packet of a frozen site-month (or of a case) and verify it before writing it."""
+    if case_id is not None:
+        result = case_packet(cli, case_id, out=out, render_report=not no_report, other=(site_ref, year_month, keys))
+    elif site_ref is None or year_month is None:
+        raise InputError("give --site and --year-month, or --case", code="invalid_packet_scope")
+    else:
+        result = build_packet(
+            cli.db,
+            site_ref=site_ref,
+            year_month=year_month,
+            disputed_keys=parse_disputed_keys(keys),
+            out=out,
+            clock=clock_from_spec(cli.settings.clock),
+            actor="cli:dispute-packet",
+            render_report=not no_report,
+        )
     counts = result.manifest["counts"]
     click.echo(f"packet: {result.path}")
     click.echo(f"  {counts['rows']} rows, {counts['billable']} billable, merkle root {result.manifest['merkle_root']}")
@@ -149,4 +167,5 @@ def verify(
 
 
 def register(main: click.Group) -> None:
+    add_case_commands(dispute_group)  # issue 15: open, list, show, investigate, resolve, close, invoice
     main.add_command(dispute_group)

@@ -165,6 +165,7 @@ def stage_evidence(
     disputed_keys: Sequence[str],
     directory: Path,
     generated_at: str,
+    manifest_extra: dict[str, Any] | None = None,
 ) -> StagedEvidence:
     """Write the CSV, ``VERIFY.md`` and a manifest for a frozen site-month into ``directory``.
 
@@ -181,6 +182,10 @@ def stage_evidence(
         raise Conflict(f"{month} of site {site.public_id} is not frozen: no signed snapshot", code="month_not_frozen")
     if snapshot.public_key is None:
         raise Conflict(f"no public key for signing key {snapshot.key_id}", code="signing_key_missing")
+    from kernel.disputes.evidence import packet_corrections  # issue 15: the month's signed credits
+
+    corrections = packet_corrections(conn, site.id, month)
+    keys += [k for k in corrections.credited_keys if k not in keys]  # each credit gets its proof
     directory.mkdir(parents=True, exist_ok=True)
     csv_path = directory / export_filename(site.id, month)
     tally = ExportTally(year_month=month, disputed_keys=keys)
@@ -198,7 +203,8 @@ def stage_evidence(
             code="ledger_snapshot_mismatch",
         )
     verify_path = directory / VERIFY_NAME
-    verify_path.write_text(verify_instructions(site.id, month, csv_path.name, snapshot), encoding="utf-8")
+    verify_text = verify_instructions(site.id, month, csv_path.name, snapshot) + corrections.verify_section()
+    verify_path.write_text(verify_text, encoding="utf-8")
     manifest = month_manifest(site.id, month, digest, snapshot, generated_at=generated_at)
     manifest.update(
         packet_version=PACKET_VERSION,
@@ -209,6 +215,7 @@ def stage_evidence(
         public_key=snapshot.public_key,
         signature=snapshot.signature,
     )
+    manifest.update(corrections.manifest_fields(document), **(manifest_extra or {}))
     _write_manifest(directory, manifest)
     return StagedEvidence(directory, site, month, digest, snapshot, manifest)
 
@@ -228,6 +235,7 @@ def build_packet(
     clock: Clock,
     actor: str = "cli",
     render_report: bool = True,
+    manifest_extra: dict[str, Any] | None = None,
 ) -> PacketResult:
     """Assemble, self-verify and write the packet zip to ``out``; record it in ``audit_log``.
 
@@ -247,6 +255,7 @@ def build_packet(
                 disputed_keys=disputed_keys,
                 directory=stage,
                 generated_at=generated_at,
+                manifest_extra=manifest_extra,
             )
         verdict = _render_report(staged, Path(tmp) / "render") if render_report else None
         zip_tmp = out.with_name(out.name + ".tmp")
