@@ -42,19 +42,18 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from kernel.audit.findings import Finding, Severity
 from kernel.audit.fleet import audit_fleet
 from kernel.audit.snapshots import check_snapshot
 from kernel.clock import Clock
-
-# The archive's COPY statement is cleanup's: ledger rows compared with an archive are rendered by
-# the very statement that wrote it.
-from kernel.cron.cleanup import _ARCHIVE_SQL as ARCHIVE_COPY_SQL
 from kernel.cron.cleanup import archive_root
 from kernel.cron.keystore import public_keys
 from kernel.db import migrations
+
+# The archive's COPY statement is the export's (cleanup writes it): ledger rows compared with an
+# archive are rendered by the very statement that wrote it, formula neutralisation included.
+from kernel.export.csv import export_copy_statement
 from kernel.ledger import key_id
 from kernel.release.checks import CheckResult
 
@@ -178,13 +177,12 @@ def _ledger_not_in_archive(conn: psycopg.Connection[Any], site_id: str, year_mon
     Both sides are the same COPY statement (cleanup's archive format) in leaf order, so the rows
     cleanup left must be a subsequence of the archive's, field for field; one pass over each.
     """
-    query = sql.SQL(ARCHIVE_COPY_SQL).format(site=sql.Literal(site_id), month=sql.Literal(year_month))
     problem: str | None = None
     try:
         with gzip.open(path, "rt", encoding="utf-8", newline="") as handle:
             archived = csv.reader(handle)
             next(archived, None)  # the header; archive_root checks it
-            with conn.cursor().copy(query) as copy:
+            with conn.cursor().copy(export_copy_statement(), (site_id, year_month)) as copy:
                 # Read the COPY to its end whatever is found: the connection is busy until then.
                 for record in csv.reader(_copy_lines(copy)):
                     if problem is None and not any(candidate == record for candidate in archived):

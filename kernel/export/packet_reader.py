@@ -7,7 +7,7 @@ reason code shown, as a failed check of the verification table, never an excepti
 | limit | value | reason |
 |---|---|---|
 | ``MAX_CENTRAL_DIRECTORY_BYTES`` | 64 KiB of zip directory, checked before parsing | ``packet_too_large`` |
-| ``MAX_PACKET_FILES`` | 16 files (zip members or directory entries) | ``packet_too_large`` |
+| ``MAX_PACKET_FILES`` | 64 files (zip members or directory entries) | ``packet_too_large`` |
 | ``MAX_PACKET_UNCOMPRESSED_BYTES`` | 16 GiB, all files together (declared sizes) | ``packet_too_large`` |
 | ``MAX_MEMBER_BYTES`` | 16 GiB per file, declared and as actually read | ``member_too_large`` |
 | ``MAX_MANIFEST_BYTES`` | 4 MiB for ``manifest.json`` (also the JSON size limit) | ``member_too_large`` |
@@ -68,7 +68,9 @@ __all__ = [
 ]
 
 MAX_CENTRAL_DIRECTORY_BYTES = 64 * 1024
-MAX_PACKET_FILES = 16
+# A packet is a handful of fixed files plus, in evidence v2, one C2SP proof file per disputed key
+# (the packet builder allows 50), so 64.
+MAX_PACKET_FILES = 64
 MAX_PACKET_UNCOMPRESSED_BYTES = 16 * 1024**3
 MAX_MEMBER_BYTES = 16 * 1024**3
 MAX_MANIFEST_BYTES = 4 * 1024**2

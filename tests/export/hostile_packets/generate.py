@@ -27,6 +27,7 @@ from typing import Any
 from kernel.export.csv import EXPORT_HEADER, ExportTally, export_filename
 from kernel.export.manifest import month_manifest
 from kernel.export.packet import PACKET_VERSION, VERIFY_NAME, _disputed_entries, _zip_directory, verify_instructions
+from kernel.export.packet_reader import MAX_PACKET_FILES
 from kernel.export.queries import SnapshotRecord
 from kernel.ledger import SigningKey, SnapshotDocument
 
@@ -262,7 +263,7 @@ def _case_table() -> dict[str, tuple[str, str, Callable[[], bytes]]]:
         "too_many_members.zip": (
             "packet_files",
             "packet_too_large",
-            lambda: _zip({f"f{i:02d}.csv": b"" for i in range(17)}, compression=zipfile.ZIP_STORED),
+            lambda: _zip({f"f{i:02d}.csv": b"" for i in range(MAX_PACKET_FILES + 1)}, compression=zipfile.ZIP_STORED),
         ),
         "huge_central_directory.zip": ("packet_files", "packet_too_large", _huge_central_directory),
         "overlapping_members.zip": ("packet_files", "member_overlap", _overlapping),
