@@ -63,14 +63,19 @@ def _load(app: str) -> uuid.UUID:
     return site.site.id
 
 
-def _ingest(app: str, site_id: uuid.UUID, stop: threading.Event, latencies: list[float], tag: str) -> None:
+def _ingest(
+    app: str, site_id: uuid.UUID, stop: threading.Event, latencies: list[float], errors: list[str], tag: str
+) -> None:
     with psycopg.connect(app, autocommit=True) as conn:
         n = 0
         while not stop.is_set():
             events, _, _ = to_events({"event_id": f"{tag}-{threading.get_ident()}-{n}", "ec": "click"})
             keyed = [keyed_event(events[0], site_id=site_id, now_ms=server_ms(NOW), header_key=None, field_prefix="")]
             started = time.perf_counter()
-            conn.execute(WRITE_EVENTS, write_params(site_id, NOW, f"bench-{n}", True, keyed)).fetchall()
+            try:
+                conn.execute(WRITE_EVENTS, write_params(site_id, NOW, f"bench-{n}", True, keyed)).fetchall()
+            except psycopg.Error as exc:  # what a client would get as 500 billing_gate_closed
+                errors.append(type(exc).__name__)
             latencies.append(time.perf_counter() - started)
             n += 1
 
@@ -79,13 +84,16 @@ def _phase(app: str, site_id: uuid.UUID, tag: str, job: Any | None) -> dict[str,
     """Ingest from ``CLIENTS`` threads for ``IDLE_S`` seconds, or for as long as ``job`` runs."""
     stop = threading.Event()
     latencies: list[float] = []
+    errors: list[str] = []
     clients = [
-        threading.Thread(target=_ingest, args=(app, site_id, stop, latencies, f"{tag}{i}")) for i in range(CLIENTS)
+        threading.Thread(target=_ingest, args=(app, site_id, stop, latencies, errors, f"{tag}{i}"))
+        for i in range(CLIENTS)
     ]
     for client in clients:
         client.start()
     time.sleep(0.5)  # clients warmed up
     latencies.clear()
+    errors.clear()
     started = time.perf_counter()
     job_result = job() if job is not None else time.sleep(IDLE_S)
     job_s = time.perf_counter() - started
@@ -95,6 +103,7 @@ def _phase(app: str, site_id: uuid.UUID, tag: str, job: Any | None) -> dict[str,
     ordered = sorted(latencies)
     return {
         "requests": len(ordered),
+        "failed": len(errors),  # ledger errors (lock timeouts): 500s for a client
         "wall_s": round(job_s, 3),
         "p50_ms": round(statistics.median(ordered) * 1000, 2),
         "p99_ms": round(ordered[int(len(ordered) * 0.99) - 1] * 1000, 2),

@@ -94,7 +94,7 @@ def take_cron_lock(db: Database, name: str) -> psycopg.Connection[Any] | None:
 
 
 def run_cron(ctx: CronContext, name: str, body: Callable[[CronContext], CronResult]) -> CronResult:
-    """Run ``body`` under the cron's advisory lock and record the run in ``cron_runs``.
+    """Run ``body`` under the cron's lock (``take_cron_lock``) and record the run in ``cron_runs``.
 
     The run's status is ``ok`` only when ``body`` returned ``{"ok": True, ...}``; a result with
     ``ok: False`` is recorded as ``failed`` (and returned), an exception as ``failed`` (and

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+import weakref
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -77,7 +78,8 @@ STATEMENT_TIMEOUT_SHARE = 0.8
 _LINK_SQLSTATE_PREFIXES = ("08", "57P01", "57P02", "57P03")
 
 ResolutionKind = Literal["committed", "absent", "unknown"]
-_semaphore: asyncio.Semaphore | None = None
+# One bound per event loop (a semaphore belongs to the loop it first waited on).
+_semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -109,10 +111,11 @@ def outcome_unknown(exc: BaseException, connection_broken: bool) -> bool:
 
 
 def _guard() -> asyncio.Semaphore:
-    global _semaphore
-    if _semaphore is None:
-        _semaphore = asyncio.Semaphore(RESOLVE_CONCURRENCY)
-    return _semaphore
+    loop = asyncio.get_running_loop()
+    semaphore = _semaphores.get(loop)
+    if semaphore is None:
+        semaphore = _semaphores[loop] = asyncio.Semaphore(RESOLVE_CONCURRENCY)
+    return semaphore
 
 
 async def resolve_outcome(
