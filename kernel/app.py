@@ -16,9 +16,11 @@ from psycopg_pool import AsyncConnectionPool
 
 from kernel import __version__
 from kernel.clock import Clock, clock_from_spec
+from kernel.cron.watchtower import check_clock_skew
 from kernel.db import migrations
 from kernel.db.connect import Database
 from kernel.errors import DatabaseUnavailable
+from kernel.ingest.outcome import statement_timeout_ms
 from kernel.ingest.routes import close_ingest
 from kernel.ingest.service import runtime_of
 from kernel.lookup_cache import BoundedCache, LookupCache, lookup_gate_of
@@ -36,13 +38,18 @@ STARTUP_DB_WAIT_S = 60.0
 STARTUP_DB_RETRY_S = 0.5
 
 
-async def _wait_for_schema(db: Database) -> None:
-    """Check the schema as soon as the database answers; a stale schema is refused at once."""
+async def _wait_for_schema(db: Database, clock: Clock) -> None:
+    """Check the schema as soon as the database answers; a stale schema is refused at once.
+
+    The host clock is compared with the database's on the way (issue 11 §3): a log line and
+    ``billing_clock_skew_seconds`` when they differ (the watchtower reports it as a finding).
+    """
     deadline = time.monotonic() + STARTUP_DB_WAIT_S
     while True:
         try:
             with db.connect("owner") as conn:
                 migrations.require_current(conn)
+                check_clock_skew(conn, clock)
             return
         except DatabaseUnavailable:
             if time.monotonic() >= deadline:
@@ -113,14 +120,16 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
 
     async def open_pool(app: Litestar) -> None:
         # Refuse to serve on a schema older than the code (checked as the owner, once).
-        await _wait_for_schema(state.db)
+        await _wait_for_schema(state.db, state.clock)
+        # The server bounds every statement below the ledger timeout (issue 11 §1).
+        statement_timeout = statement_timeout_ms(settings.ledger_timeout_s)
         pool = AsyncConnectionPool(
             state.db.conninfo("app"),
             min_size=POOL_MIN_SIZE,
             max_size=POOL_MAX_SIZE,
             timeout=POOL_TIMEOUT_S,
             open=False,
-            kwargs={"autocommit": True},
+            kwargs={"autocommit": True, "options": f"-c statement_timeout={statement_timeout}"},
         )
         await pool.open(wait=False)
         state.pool = pool

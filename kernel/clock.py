@@ -5,6 +5,11 @@ a test drive the time of a live server process: it reads an ISO-8601 UTC instant
 adds the wall time elapsed since that file was written, so time keeps flowing (events get distinct
 buckets) while the driver can jump a month ahead by rewriting the file. It is only used when
 ``REVKERNEL_CLOCK=file:<path>`` is set explicitly; never set it in production.
+
+``OffsetClock`` (``REVKERNEL_CLOCK=offset:<seconds>``) is the system clock shifted by a fixed
+amount: a host whose clock is skewed, for fault tests and drills. Manual and file clocks are
+*simulated* (``simulated = True``): they are off the real time on purpose, so the clock-skew
+check reports them without alarming; system and offset clocks are host clocks and are checked.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ __all__ = [
     "Clock",
     "FileClock",
     "ManualClock",
+    "OffsetClock",
     "SystemClock",
     "clock_from_spec",
     "format_utc",
+    "is_simulated",
     "parse_utc",
     "write_clock_file",
 ]
@@ -35,12 +42,33 @@ class Clock(Protocol):
 
 
 class SystemClock:
+    simulated = False
+
     def now(self) -> datetime:
         return datetime.now(UTC)
 
 
+class OffsetClock:
+    """The system clock shifted by ``offset``: a host whose clock is skewed (fault tests)."""
+
+    simulated = False
+
+    def __init__(self, offset: timedelta) -> None:
+        self.offset = offset
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+def is_simulated(clock: Clock) -> bool:
+    """True for clocks that are off the real time on purpose (manual, file)."""
+    return bool(getattr(clock, "simulated", False))
+
+
 class ManualClock:
     """A clock that stands still until told to move (thread-safe)."""
+
+    simulated = True
 
     def __init__(self, start: datetime) -> None:
         self._now = _require_aware(start)
@@ -61,6 +89,8 @@ class ManualClock:
 
 class FileClock:
     """Time = instant written in ``path`` + wall time elapsed since the file was written."""
+
+    simulated = True
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -84,14 +114,22 @@ def write_clock_file(path: Path, instant: datetime) -> None:
 
 
 def clock_from_spec(spec: str) -> Clock:
-    """Build a clock from ``system`` or ``file:<path>`` (the ``REVKERNEL_CLOCK`` setting)."""
+    """Build a clock from ``system``, ``file:<path>`` or ``offset:<seconds>`` (``REVKERNEL_CLOCK``)."""
+    from kernel.errors import ConfigError
+
     if spec in ("", "system"):
         return SystemClock()
     if spec.startswith("file:"):
         return FileClock(Path(spec.removeprefix("file:")))
-    from kernel.errors import ConfigError
-
-    raise ConfigError(f"REVKERNEL_CLOCK must be 'system' or 'file:<path>', not {spec!r}")
+    if spec.startswith("offset:"):
+        try:
+            seconds = float(spec.removeprefix("offset:"))
+        except ValueError:
+            seconds = float("nan")
+        if seconds != seconds or abs(seconds) == float("inf"):
+            raise ConfigError(f"REVKERNEL_CLOCK=offset:<seconds> needs a number of seconds, not {spec!r}")
+        return OffsetClock(timedelta(seconds=seconds))
+    raise ConfigError(f"REVKERNEL_CLOCK must be 'system', 'file:<path>' or 'offset:<seconds>', not {spec!r}")
 
 
 def format_utc(instant: datetime) -> str:

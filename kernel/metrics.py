@@ -19,6 +19,8 @@ process serves its own in-memory registry.
 | `billing_ingest_idempotency_conflict_total` | same client key, different payload (409) |
 | `billing_ratelimit_degraded_total` | requests limited locally because Redis failed |
 | `billing_ingest_request_duration_seconds` | request latency of `POST /api/sync` |
+| `billing_ledger_ambiguous_total{resolution}` | unknown ledger outcomes resolved `committed`, `absent` or `unknown` |
+| `billing_clock_skew_seconds` | this host's clock minus the database's clock, last measured (startup, watchtower) |
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from prometheus_client import (
 )
 
 __all__ = [
+    "CLOCK_SKEW",
     "GATE_CLOSED",
     "INGEST_ALLOWED",
     "INGEST_CONFLICT",
@@ -48,6 +51,7 @@ __all__ = [
     "INGEST_OVERAGE",
     "INGEST_RATE_LIMITED",
     "INGEST_REJECTED_QUOTA",
+    "LEDGER_AMBIGUOUS",
     "MULTIPROC_ENV",
     "PUBLISH_FAILURES",
     "RATELIMIT_DEGRADED",
@@ -102,3 +106,16 @@ def render_metrics() -> bytes:
 def metrics_endpoint() -> Response[Any]:
     """Prometheus metrics of all workers (SPEC §4.4)."""
     return Response(render_metrics(), media_type=CONTENT_TYPE_LATEST)
+
+
+# Issue 11 (lane11): exactly-once under faults.
+LEDGER_AMBIGUOUS = Counter(
+    "billing_ledger_ambiguous_total",
+    "Ledger calls whose outcome was unknown when they ended, by how the service resolved them",
+    ["resolution"],
+)
+CLOCK_SKEW = Gauge(
+    "billing_clock_skew_seconds",
+    "This host's billing clock minus the database clock, as last measured",
+    multiprocess_mode="mostrecent",
+)

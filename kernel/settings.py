@@ -15,6 +15,9 @@
 | `REVKERNEL_TRUSTED_PROXIES` | proxy addresses/CIDRs (comma-separated) whose `X-Forwarded-For` counts | none |
 | `REVKERNEL_CLIENT_HASH_SECRET` | 64 hex, key of the client-address hash; the same on every host | a data-dir file |
 | `REVKERNEL_DISPUTE_HOLD_MAX_AGE_DAYS` | the watchtower reports dispute holds older than this (whole days > 0) | `30` |
+| `REVKERNEL_CLOCK` | `system`, or `file:<path>` / `offset:<seconds>` for demos and tests (`kernel.clock`) | `system` |
+| `REVKERNEL_LEDGER_TIMEOUT_S` | wait for the ledger statement, then resolve its outcome (`ingest.outcome`) | `5` |
+| `REVKERNEL_DEDUP_HORIZON_MONTHS` | months a cleaned-up client key stays a duplicate (≥ 13) | `13` |
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 APP_ROLE = "revkernel_app"
+LEDGER_TIMEOUT_S = 5.0
+# SPEC retention is 90 days; a cleaned key is remembered at least 13 months (issue 11 §2).
+DEDUP_HORIZON_MIN_MONTHS = 13
 ANALYST_ROLE = "revkernel_analyst"
 # A dispute hold older than this is reported by the watchtower (a case someone forgot to close).
 DISPUTE_HOLD_MAX_AGE_DAYS = 30
@@ -97,6 +103,34 @@ def _commit() -> str:
     return sha if out.returncode == 0 and sha else "unknown"
 
 
+def _positive_seconds(env: dict[str, str], name: str, default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds, not {text!r}")
+    return value
+
+
+def _horizon_months(text: str | None) -> int:
+    if text is None or not text.strip():
+        return DEDUP_HORIZON_MIN_MONTHS
+    try:
+        months = int(text.strip())
+    except ValueError:
+        months = 0
+    if months < DEDUP_HORIZON_MIN_MONTHS:
+        raise ConfigError(
+            f"REVKERNEL_DEDUP_HORIZON_MONTHS must be a whole number of months"
+            f" >= {DEDUP_HORIZON_MIN_MONTHS}, not {text!r}"
+        )
+    return months
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -114,6 +148,8 @@ class Settings:
     trusted_proxies: tuple[IpNetwork, ...] = ()
     client_hash_secret: bytes | None = field(default=None, repr=False)
     dispute_hold_max_age_days: int = DISPUTE_HOLD_MAX_AGE_DAYS
+    ledger_timeout_s: float = LEDGER_TIMEOUT_S
+    dedup_horizon_months: int = DEDUP_HORIZON_MIN_MONTHS
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -136,21 +172,14 @@ class Settings:
             dispute_hold_max_age_days=_positive_days(
                 "REVKERNEL_DISPUTE_HOLD_MAX_AGE_DAYS", env.get("REVKERNEL_DISPUTE_HOLD_MAX_AGE_DAYS")
             ),
+            ledger_timeout_s=_positive_seconds(env, "REVKERNEL_LEDGER_TIMEOUT_S", LEDGER_TIMEOUT_S),
+            dedup_horizon_months=_horizon_months(env.get("REVKERNEL_DEDUP_HORIZON_MONTHS")),
             extra={k: v for k, v in env.items() if k.startswith("REVKERNEL_")},
         )
 
     def seconds(self, name: str, default: float) -> float:
         """A positive duration in seconds from the ``REVKERNEL_*`` environment, or ``default``."""
-        text = self.extra.get(name, "").strip()
-        if not text:
-            return default
-        try:
-            value = float(text)
-        except ValueError:
-            value = -1.0
-        if not value > 0 or value == float("inf"):
-            raise ConfigError(f"{name} must be a positive number of seconds, not {text!r}")
-        return value
+        return _positive_seconds(self.extra, name, default)
 
     def with_overrides(self, **changes: object) -> Settings:
         return replace(self, **changes)  # type: ignore[arg-type]

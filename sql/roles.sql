@@ -42,3 +42,13 @@ REVOKE SELECT ON api_keys FROM revkernel_analyst;
 ALTER ROLE revkernel_analyst SET default_transaction_read_only = on;
 -- Corrections are evidence too (issue 15, kernel/disputes): append-only for the service.
 REVOKE UPDATE, DELETE, TRUNCATE ON invoice_corrections, correction_credits FROM revkernel_app;
+
+-- Issue 11 (exactly-once under faults): the closure of a site-month, the cleaned-key record and
+-- the month closures change only through their SECURITY DEFINER functions (migration 0010).
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON ingest_cleaned_keys, closed_months FROM revkernel_app;
+REVOKE UPDATE ON site_usage_monthly FROM revkernel_app;
+GRANT UPDATE (event_count, overage_count, rejected_count, non_billable_count, dedup_count, updated_at)
+    ON site_usage_monthly TO revkernel_app;
+GRANT EXECUTE ON FUNCTION close_month(text, interval), close_site_month(uuid, text, interval),
+    ledger_cleanup_month(uuid, text, timestamptz, integer, text, boolean, text, jsonb),
+    prune_cleaned_keys(integer, integer) TO revkernel_app;

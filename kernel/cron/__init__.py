@@ -2,7 +2,7 @@
 
 Every cron is a plain function of a ``CronContext`` (settings, clock, database, trigger); HTTP
 (``kernel.cron.routes``), the CLI (``revkernel cron run``) and the scheduler all call it through
-``run_named``, which takes the cron's advisory lock and records the run in ``cron_runs``.
+``run_named``, which takes the cron's lock (its ``cron_locks`` row) and records the run in ``cron_runs``.
 """
 
 from __future__ import annotations

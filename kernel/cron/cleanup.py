@@ -12,6 +12,18 @@ A row may go only when all of these hold:
 At most ``CLEANUP_MAX_ROWS_PER_RUN`` rows go per run (a big backlog takes several runs).
 ``dry_run`` writes and deletes nothing and lists what would go (its ``cron_runs`` row is the only
 trace); every archive and every deletion writes ``audit_log``.
+
+The deletion itself is the database's (issue 11 §2, migration 0010): ``ledger_cleanup_month`` is
+a ``SECURITY DEFINER`` function that re-checks every precondition above in the deleting
+statement (frozen, archived with the SHA-256 just re-hashed here and the snapshot's root, no
+active dispute hold after taking the lock a hold's creation also takes, older than retention by
+the database clock too), and in the same statement records each deleted client (v2) key in
+``ingest_cleaned_keys`` and removes the deleted keys' outbox rows that were delivered (all of
+them when no sink is configured: the table was the queue). A re-sent key then answers as an
+archived duplicate instead of a 500, for the dedup horizon (``REVKERNEL_DEDUP_HORIZON_MONTHS``,
+at least 13 months); ``prune_cleaned_keys`` forgets keys past it, at most
+``CLEANUP_MAX_PRUNE_PER_RUN`` per run. An outbox row still undelivered stays (``outbox_kept``)
+until the relay delivers it, which then removes it. No network call runs under a ledger lock.
 """
 
 from __future__ import annotations
@@ -44,6 +56,7 @@ _log = logging.getLogger("kernel.cron.cleanup")
 
 RETENTION = timedelta(days=90)
 CLEANUP_MAX_ROWS_PER_RUN = 10_000
+CLEANUP_MAX_PRUNE_PER_RUN = 50_000
 # The archive is the dispute CSV, gzipped: one statement writes both (formula neutralisation
 # included) and one reader (``ExportTally``, which restores the cells) checks both.
 ARCHIVE_COLUMNS = EXPORT_COLUMNS
@@ -98,8 +111,8 @@ def _write_archive(conn: psycopg.Connection[Any], path: Path, site_id: str, year
     os.replace(tmp, path)
 
 
-def _ensure_archive(ctx: CronContext, conn: psycopg.Connection[Any], plan: MonthPlan) -> str:
-    """Archive the site-month if needed and prove the archive; returns its path.
+def _ensure_archive(ctx: CronContext, conn: psycopg.Connection[Any], plan: MonthPlan) -> tuple[str, str]:
+    """Archive the site-month if needed and prove the archive; returns (path, sha256 of the file).
 
     Raises:
         ValueError: the archive is missing, altered, or does not reproduce the snapshot's root.
@@ -139,7 +152,7 @@ def _ensure_archive(ctx: CronContext, conn: psycopg.Connection[Any], plan: Month
                     json.dumps({"file": str(path), "sha256": digest, "rows": count, "merkle_root": root}),
                 ),
             )
-        return str(path)
+        return str(path), digest
     path_text, digest, root = row
     path = Path(path_text)
     if not path.exists():
@@ -148,7 +161,7 @@ def _ensure_archive(ctx: CronContext, conn: psycopg.Connection[Any], plan: Month
         raise ValueError(f"archive file {path} does not match its recorded sha256")
     if root != plan.merkle_root or archive_root(path)[0] != plan.merkle_root:
         raise ValueError(f"archive file {path} does not reproduce the snapshot's Merkle root")
-    return str(path)
+    return str(path), str(digest)
 
 
 def _plans(conn: psycopg.Connection[Any], cutoff: Any, now_month: str) -> list[MonthPlan]:
@@ -179,8 +192,15 @@ def cleanup(ctx: CronContext, dry_run: bool = False, max_rows: int = CLEANUP_MAX
     cutoff = now - RETENTION
     deleted = archived = 0
     would_delete = 0
+    totals = {"keys_recorded": 0, "outbox_removed": 0, "outbox_kept": 0}
     months: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
+    from kernel.cron.relay import sink_from_settings
+
+    sink = sink_from_settings(ctx.settings)
+    drop_unpublished = sink is None  # no sink: the outbox table was the queue
+    if sink is not None:
+        sink.close()
     with ctx.db.connect("app", autocommit=True) as conn:
         for plan in _plans(conn, cutoff, now.strftime("%Y-%m")):
             budget = max_rows - (would_delete if dry_run else deleted)
@@ -192,49 +212,56 @@ def cleanup(ctx: CronContext, dry_run: bool = False, max_rows: int = CLEANUP_MAX
                 would_delete += take
                 months.append(entry)
                 continue
+            label = f"{plan.site_id}/{plan.year_month}"
             try:
                 was_archived = plan.archived
-                entry["archive"] = _ensure_archive(ctx, conn, plan)
+                entry["archive"], digest = _ensure_archive(ctx, conn, plan)
                 archived += 0 if was_archived else 1
+                row = conn.execute(
+                    "SELECT deleted, keys_recorded, outbox_removed, outbox_kept, reason"
+                    " FROM ledger_cleanup_month(%s, %s, %s, %s, %s, %s, %s, %s)",
+                    (
+                        plan.site_id,
+                        plan.year_month,
+                        cutoff,
+                        take,
+                        digest,
+                        drop_unpublished,
+                        ctx.actor,
+                        json.dumps({"archive": entry["archive"], "requested_cutoff": cutoff.isoformat()}),
+                    ),
+                ).fetchone()
             except (ValueError, OSError, psycopg.Error) as exc:
-                label = f"{plan.site_id}/{plan.year_month}"
                 errors[label] = str(exc)
                 _log.error("cleanup skipped %s: %s", label, exc)
                 continue
-            with conn.transaction():
-                cur = conn.execute(
-                    """
-                    DELETE FROM ingest_idempotency
-                    WHERE (site_id, idempotency_key) IN (
-                        SELECT site_id, idempotency_key FROM ingest_idempotency
-                        WHERE site_id = %s AND year_month = %s AND created_at < %s
-                        ORDER BY created_at, idempotency_key COLLATE "C"
-                        LIMIT %s)
-                    """,
-                    (plan.site_id, plan.year_month, cutoff, take),
-                )
-                entry["rows"] = cur.rowcount
-                deleted += cur.rowcount
-                conn.execute(
-                    "INSERT INTO audit_log (at, actor, action, site_id, year_month, details)"
-                    " VALUES (%s, %s, 'idempotency_cleanup', %s, %s, %s)",
-                    (
-                        now,
-                        ctx.actor,
-                        plan.site_id,
-                        plan.year_month,
-                        json.dumps(
-                            {"deleted": cur.rowcount, "cutoff": cutoff.isoformat(), "archive": entry["archive"]}
-                        ),
-                    ),
-                )
+            assert row is not None
+            entry["rows"] = int(row[0])
+            deleted += int(row[0])
+            for name, value in zip(totals, row[1:4], strict=True):
+                entry[name] = int(value)
+                totals[name] += int(value)
+            if row[4] is not None and row[4] != "nothing_expired":
+                # The database refused what the plan expected (e.g. a hold arrived meanwhile).
+                entry["refused"] = row[4]
+                _log.warning("cleanup of %s refused by the database: %s", label, row[4])
+            if int(row[3]):
+                _log.error("cleanup of %s kept %d outbox row(s) never delivered", label, int(row[3]))
             months.append(entry)
+        pruned = 0
+        if not dry_run:
+            prune = conn.execute(
+                "SELECT prune_cleaned_keys(%s, %s)", (ctx.settings.dedup_horizon_months, CLEANUP_MAX_PRUNE_PER_RUN)
+            ).fetchone()
+            pruned = int(prune[0]) if prune else 0
     body: CronResult = {
         "ok": not errors,
         "dry_run": dry_run,
         "deleted": deleted,
         "would_delete": would_delete if dry_run else deleted,
         "archived": archived,
+        **totals,
+        "keys_pruned": pruned,
         "cutoff": cutoff.isoformat(),
         "months": months,
     }

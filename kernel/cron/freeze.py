@@ -4,10 +4,24 @@ Each site-month is read straight from the ledger in one REPEATABLE READ transact
 and the Merkle root describe the same set of rows. Leaves stream through a server-side cursor
 into ``RootBuilder`` (O(log n) memory), never the whole month in RAM.
 
-Why an event can never land in a frozen month: a row's month is generated from ``created_at``,
-the *server's* receive time (SPEC §3), and a month can be frozen only ``FREEZE_GRACE`` after it
-ended (longer than any ingest transaction may run), so every row still to come carries a later
-``created_at`` and therefore a later ``year_month``. Client time (``ts``) never decides.
+Why an event can never land in a frozen month, whatever a host clock says (issue 11 §3): the
+database enforces it. Before its REPEATABLE READ transaction, ``freeze_site_month`` closes the
+site-month (``close_site_month``, migration 0010): it takes the same ``site_usage_monthly`` row
+lock that every ledger transaction of that site-month takes (creating the row if the month had
+no events) and sets ``closed_at``, and commits. Every ledger transaction that got the lock before
+has committed, so the snapshot sees it; every later one sees ``closed_at`` and writes its events
+to the first open month by the *database's* clock instead (``ingest_write``). The close is its
+own short transaction, not the first statement of the snapshot's: a REPEATABLE READ transaction
+that waits for a row lock fails with a serialization error when the holder commits, and holding
+the lock through a million-row read would stall every late request of that site-month.
+``close_month`` also closes the month for site-month rows that do not exist yet.
+
+Which clock says the month is over: both. The host clock (``ctx.clock``) must be
+``FREEZE_GRACE`` past the month's end (a slow host refuses, 409 ``month_open``, and the schedule
+retries), *and* so must the database's clock, checked by the database itself in the closing
+functions: a host whose clock runs ahead can never close a month early. The grace keeps hosts
+whose clocks lag a little from having their last events of the month redirected. Client time
+(``ts``) never decides.
 
 Snapshots of a site form a chain by month: ``prev_snapshot_hash`` is the hash of the site's
 snapshot of the latest earlier month. Freezing a month older than one already frozen would fork
@@ -39,6 +53,7 @@ __all__ = [
     "MONTH_ROWS_SQL",
     "FrozenSite",
     "MonthOpen",
+    "close_site_month",
     "freeze_month",
     "freeze_site_month",
     "month_counts",
@@ -51,6 +66,7 @@ _log = logging.getLogger("kernel.cron.freeze")
 FREEZE_GRACE = timedelta(minutes=5)
 FREEZE_FETCH_ROWS = 20_000  # leaves per round trip of the server-side cursor
 FREEZE_STATEMENT_TIMEOUT_MS = 30 * 60 * 1000
+SQLSTATE_MONTH_OPEN = "RK003"  # require_month_ended, migration 0010
 
 # Leaf order of SPEC §5: created_at, then idempotency_key bytewise. created_at is formatted by
 # the server exactly as kernel.clock.format_utc would (tests check the two agree), which keeps a
@@ -111,15 +127,35 @@ class FrozenSite:
         return dict(self.__dict__)
 
 
-def require_closed(year_month: str, now: datetime) -> None:
+def require_closed(year_month: str, now: datetime, whose: str = "server") -> None:
     """Raise ``MonthOpen`` unless ``year_month`` ended at least ``FREEZE_GRACE`` before ``now``."""
     _, end = month_bounds(year_month)
     if now < end + FREEZE_GRACE:
         current = year_month_of(now)
         raise MonthOpen(
-            f"month {year_month} is not closed (server month {current}; a month can be frozen "
+            f"month {year_month} is not closed ({whose} month {current}; a month can be frozen "
             f"{int(FREEZE_GRACE.total_seconds())} s after it ends)"
         )
+
+
+def close_site_month(conn: psycopg.Connection[Any], site_id: str, year_month: str) -> datetime:
+    """Close one site-month under the ingest row lock and commit (module docstring).
+
+    Raises:
+        MonthOpen: the database's clock says the month is not over (plus grace).
+    """
+    try:
+        row = conn.execute("SELECT close_site_month(%s, %s, %s)", (site_id, year_month, FREEZE_GRACE)).fetchone()
+        conn.commit()
+    except psycopg.Error as exc:
+        conn.rollback()
+        if exc.sqlstate == SQLSTATE_MONTH_OPEN:
+            detail = exc.diag.message_primary
+            raise MonthOpen(f"month {year_month} is not closed by the database clock: {detail}") from exc
+        raise
+    assert row is not None and row[0] is not None
+    closed_at: datetime = row[0]
+    return closed_at
 
 
 def month_counts(conn: psycopg.Connection[Any], site_id: str, year_month: str) -> tuple[int, int, int, int]:
@@ -158,6 +194,10 @@ def freeze_month(ctx: CronContext, year_month: str | None = None) -> CronResult:
     require_closed(month, now)
     key = load_signing_key(ctx.settings)
     with ctx.db.connect("app", autocommit=True) as conn:
+        db_now = conn.execute("SELECT clock_timestamp()").fetchone()
+        assert db_now is not None
+        require_closed(month, db_now[0], whose="database")
+        conn.execute("SELECT close_month(%s, %s)", (month, FREEZE_GRACE))
         register_public_key(conn, key, now)
         site_ids = [
             str(row[0])
@@ -197,6 +237,8 @@ def freeze_site_month(ctx: CronContext, key: SigningKey, site_id: str, year_mont
         Conflict: a later month of this site is already frozen (the chain would fork).
     """
     with ctx.db.connect("app") as conn:
+        # Issue 11 §3: closed (and committed) before the snapshot below is taken.
+        close_site_month(conn, site_id, year_month)
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         with conn.transaction():
             conn.execute(f"SET LOCAL statement_timeout = {FREEZE_STATEMENT_TIMEOUT_MS}")

@@ -9,9 +9,14 @@ COMPLETED/FAILED. ``enqueue`` re-arms every unfrozen site-month each cycle (a fr
 invoice is final, so its counters stop mattering); ``PROCESSING`` jobs older than
 ``STUCK_JOB_TIMEOUT`` (a worker died mid-job) go back to PENDING.
 
-The counter row is locked (``FOR UPDATE``) before the recount: ingest updates that row in the
-ledger transaction, so holding the lock means no ledger row of this site-month commits between
-the count and the correction.
+Long jobs never hold the quota lock (issue 11 §4). The recount reads the counter row and the
+ledger's counts in *one* REPEATABLE READ snapshot ``S``, without any lock, so ingest never waits
+for it however big the month is. Every ledger transaction changes the ledger and the counter
+row together, so those committed after ``S`` add to the counter by themselves and the drift
+``counter - ledger`` is the same at ``S`` and now. The correction is therefore applied as a
+delta, ``counter_new = counter_now + (ledger_at_S - counter_at_S)``, in one ``UPDATE`` that holds
+the row lock for microseconds. The Redis mirror is written after that commit, with no lock and no
+transaction open: no network call ever runs under a ledger or counter lock.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ RECONCILE_JOBS_PER_RUN = 500
 STUCK_JOB_TIMEOUT = timedelta(minutes=10)
 REDIS_TIMEOUT_S = 2.0
 JOB_ERROR_MAX_CHARS = 1000
+RECOUNT_STATEMENT_TIMEOUT_MS = 30 * 60 * 1000  # a multi-million-row month; no lock is held meanwhile
 
 
 def usage_mirror_key(site_id: str, year_month: str) -> str:
@@ -137,51 +143,67 @@ def _claim(conn: psycopg.Connection[Any], now: datetime, limit: int) -> list[tup
 def reconcile_site_month(
     conn: psycopg.Connection[Any], mirror: redis.Redis[bytes] | None, site_id: str, year_month: str, now: datetime
 ) -> dict[str, Any]:
-    """Recount one site-month, correct its counter row and Redis mirror, log the drift."""
+    """Recount one site-month, correct its counter row and Redis mirror, log the drift (module docstring).
+
+    ``conn`` must be in autocommit mode.
+    """
+    # 1. One snapshot S: the counter row and the ledger's counts as of the same commits, no lock.
     with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        conn.execute(f"SET LOCAL statement_timeout = {RECOUNT_STATEMENT_TIMEOUT_MS}")
+        row = conn.execute(
+            "SELECT event_count, overage_count, rejected_count, non_billable_count FROM site_usage_monthly"
+            " WHERE site_id = %s AND year_month = %s",
+            (site_id, year_month),
+        ).fetchone()
+        ledger = month_counts(conn, site_id, year_month)
+    counter = tuple(int(c) for c in row) if row is not None else (0, 0, 0, 0)
+    delta = tuple(truth - cached for truth, cached in zip(ledger, counter, strict=True))
+    counter_drift = counter[0] - ledger[0]
+    counters_differ = any(delta) or row is None
+    # 2. The correction as a delta: the row lock is held for this one statement.
+    if row is None:
         conn.execute(
             "INSERT INTO site_usage_monthly (site_id, year_month, updated_at) VALUES (%s, %s, %s)"
             " ON CONFLICT (site_id, year_month) DO NOTHING",
             (site_id, year_month, now),
         )
-        counter = conn.execute(
-            "SELECT event_count, overage_count, rejected_count, non_billable_count FROM site_usage_monthly"
-            " WHERE site_id = %s AND year_month = %s FOR UPDATE",
-            (site_id, year_month),
+    if any(delta):
+        fixed = conn.execute(
+            "UPDATE site_usage_monthly SET event_count = event_count + %s, overage_count = overage_count + %s,"
+            " rejected_count = rejected_count + %s, non_billable_count = non_billable_count + %s, updated_at = %s"
+            " WHERE site_id = %s AND year_month = %s RETURNING event_count",
+            (*delta, now, site_id, year_month),
         ).fetchone()
-        assert counter is not None
-        ledger = month_counts(conn, site_id, year_month)
-        counter_drift = int(counter[0]) - ledger[0]
-        counters_differ = tuple(int(c) for c in counter) != ledger
-        if counters_differ:
-            conn.execute(
-                "UPDATE site_usage_monthly SET event_count = %s, overage_count = %s, rejected_count = %s,"
-                " non_billable_count = %s, updated_at = %s WHERE site_id = %s AND year_month = %s",
-                (*ledger, now, site_id, year_month),
-            )
-        redis_billable, redis_drift, redis_fixed = _fix_mirror(mirror, site_id, year_month, ledger[0])
-        conn.execute(
-            """
-            INSERT INTO reconciliation_drift_log (site_id, year_month, ledger_billable, counter_billable,
-                redis_billable, counter_drift, redis_drift, ledger_overage, ledger_rejected,
-                ledger_non_billable, corrected, checked_at)
-            VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-            """,
-            (
-                site_id,
-                year_month,
-                ledger[0],
-                int(counter[0]),
-                redis_billable,
-                counter_drift,
-                redis_drift,
-                ledger[1],
-                ledger[2],
-                ledger[3],
-                counters_differ or redis_fixed,
-                now,
-            ),
-        )
+    else:
+        fixed = conn.execute(
+            "SELECT event_count FROM site_usage_monthly WHERE site_id = %s AND year_month = %s", (site_id, year_month)
+        ).fetchone()
+    billable_now = int(fixed[0]) if fixed is not None else ledger[0]
+    # 3. Redis, with no transaction open and no lock held (golden rule 4: only a cache).
+    redis_billable, redis_drift, redis_fixed = _fix_mirror(mirror, site_id, year_month, billable_now)
+    conn.execute(
+        """
+        INSERT INTO reconciliation_drift_log (site_id, year_month, ledger_billable, counter_billable,
+            redis_billable, counter_drift, redis_drift, ledger_overage, ledger_rejected,
+            ledger_non_billable, corrected, checked_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        """,
+        (
+            site_id,
+            year_month,
+            ledger[0],
+            counter[0],
+            redis_billable,
+            counter_drift,
+            redis_drift,
+            ledger[1],
+            ledger[2],
+            ledger[3],
+            counters_differ or redis_fixed,
+            now,
+        ),
+    )
     RECONCILIATION_DRIFT.labels(site_id=site_id, year_month=year_month).set(counter_drift)
     if counter_drift or redis_drift:
         _log.warning(

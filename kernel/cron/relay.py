@@ -9,6 +9,10 @@ increments ``billing_publish_failures_total``.
 Per-site order is ``id`` order, and ``id`` order is commit order within a site-month because the
 ingest transaction takes the site-month counter row's lock before it writes its outbox row.
 
+No lock is held while a sink is called: the rows are read, delivered, then marked in separate
+autocommit statements. A row delivered after its month was cleaned up (it was still undelivered
+at cleanup, issue 11 §2) is removed once delivered instead of marked, so the outbox stays bounded.
+
 Sinks (settings, environment):
 
 - ``REVKERNEL_OUTBOX_SINK``: ``none`` (the outbox table is the queue), ``redis`` or ``webhook``;
@@ -62,6 +66,8 @@ BACKOFF_BASE = timedelta(seconds=5)
 BACKOFF_MAX = timedelta(minutes=10)
 FAILURE_TEXT_MAX_CHARS = 1000
 DEFAULT_STREAM = "revkernel:outbox"
+# Only rows this old can belong to a cleaned month (cleanup's retention is 90 days).
+CLEANED_ROW_AGE = timedelta(days=89)
 
 
 @dataclass(frozen=True)
@@ -228,6 +234,17 @@ def _record_failure(conn: psycopg.Connection[Any], sink: Sink, head: OutboxRow, 
         )
 
 
+def _drop_cleaned(conn: psycopg.Connection[Any], old_rows: list[OutboxRow]) -> None:
+    """Remove delivered rows whose ledger row is gone (their month was cleaned up meanwhile)."""
+    if not old_rows:
+        return
+    conn.execute(
+        "DELETE FROM ingest_outbox o WHERE o.id = ANY(%s) AND o.published_at IS NOT NULL AND NOT EXISTS"
+        " (SELECT 1 FROM ingest_idempotency i WHERE i.site_id = o.site_id AND i.idempotency_key = o.idempotency_key)",
+        ([r.id for r in old_rows],),
+    )
+
+
 def publish_outbox(ctx: CronContext, max_rows: int = RELAY_MAX_ROWS_PER_RUN) -> CronResult:
     """Deliver up to ``max_rows`` pending outbox rows; returns the counts of this run.
 
@@ -262,6 +279,7 @@ def publish_outbox(ctx: CronContext, max_rows: int = RELAY_MAX_ROWS_PER_RUN) -> 
                             "UPDATE ingest_outbox SET published_at = %s, next_attempt_at = NULL WHERE id = ANY(%s)",
                             (now, [r.id for r in rows]),
                         )
+                        _drop_cleaned(conn, [r for r in rows if r.created_at < now - CLEANED_ROW_AGE])
                         published += len(rows)
         finally:
             if sink is not None:

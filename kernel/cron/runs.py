@@ -1,8 +1,14 @@
-"""Every cron run: one PostgreSQL advisory lock per cron name, one ``cron_runs`` row per run.
+"""Every cron run: one lock per cron name, one ``cron_runs`` row per run.
 
 The same ``run_cron`` wraps a cron whether HTTP, the CLI or the scheduler triggers it, so the
 lock (two runs of one cron never overlap, across processes and hosts) and the record (the dead
 man's switch of the watchtower reads it) cannot be skipped by one of the callers.
+
+The lock is the cron's row of ``cron_locks`` locked ``FOR UPDATE NOWAIT`` in a transaction held
+open on a dedicated connection for the run (issue 11 §4). Row locks need UPDATE privilege, which
+the read-only analyst role lacks (and its sessions are read-only), so no notebook can take a cron
+lock or hold one hostage; a PostgreSQL advisory lock, by contrast, can be taken by any role.
+A run that dies drops its connection and with it the lock.
 """
 
 from __future__ import annotations
@@ -27,15 +33,15 @@ __all__ = [
     "CronRunning",
     "last_runs",
     "run_cron",
+    "take_cron_lock",
 ]
 
 _log = logging.getLogger("kernel.cron")
 
 CRON_NAMES = ("watchtower", "reconcile-usage", "invoice-freeze", "idempotency-cleanup", "publish-outbox")
 ERROR_TEXT_MAX_CHARS = 2000
-# Lock keys live in their own namespace so they never collide with the migration lock.
-_LOCK_SQL = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
-_UNLOCK_SQL = "SELECT pg_advisory_unlock(hashtextextended(%s, 0))"
+_LOCK_SQL = "SELECT name FROM cron_locks WHERE name = %s FOR UPDATE NOWAIT"
+_LOCK_ROW_SQL = "INSERT INTO cron_locks (name) VALUES (%s) ON CONFLICT (name) DO NOTHING"
 
 CronResult = dict[str, Any]
 
@@ -69,11 +75,33 @@ class CronRunning(Conflict):
 
 
 def lock_name(name: str) -> str:
-    return f"revkernel:cron:{name}"
+    """The ``cron_locks`` row of a cron."""
+    return name
+
+
+def take_cron_lock(db: Database, name: str) -> psycopg.Connection[Any] | None:
+    """A connection whose open transaction holds the cron's lock, or None when another holds it.
+
+    Closing the connection (or ending its transaction) releases the lock.
+    """
+    conn = db.connect("app", application_name=f"revkernel-cron-lock:{name}")
+    try:
+        conn.execute("SET lock_timeout = '5s'")
+        conn.execute(_LOCK_ROW_SQL, (lock_name(name),))  # first run of a cron added later
+        conn.commit()
+        row = conn.execute(_LOCK_SQL, (lock_name(name),)).fetchone()
+    except psycopg.errors.LockNotAvailable:
+        conn.close()
+        return None
+    except BaseException:
+        conn.close()
+        raise
+    assert row is not None
+    return conn
 
 
 def run_cron(ctx: CronContext, name: str, body: Callable[[CronContext], CronResult]) -> CronResult:
-    """Run ``body`` under the cron's advisory lock and record the run in ``cron_runs``.
+    """Run ``body`` under the cron's lock (``take_cron_lock``) and record the run in ``cron_runs``.
 
     The run's status is ``ok`` only when ``body`` returned ``{"ok": True, ...}``; a result with
     ``ok: False`` is recorded as ``failed`` (and returned), an exception as ``failed`` (and
@@ -87,8 +115,8 @@ def run_cron(ctx: CronContext, name: str, body: Callable[[CronContext], CronResu
     assert name in CRON_NAMES, name
     with ctx.db.connect("app", autocommit=True) as conn:
         started_at = ctx.recorded_clock.now()
-        row = conn.execute(_LOCK_SQL, (lock_name(name),)).fetchone()
-        if row is None or not row[0]:
+        lock = take_cron_lock(ctx.db, name)
+        if lock is None:
             conn.execute(
                 "INSERT INTO cron_runs (name, trigger, started_at, finished_at, status, error)"
                 " VALUES (%s, %s, %s, %s, 'skipped', %s)",
@@ -114,10 +142,9 @@ def run_cron(ctx: CronContext, name: str, body: Callable[[CronContext], CronResu
                 _log.error("cron %s (%s) failed: %s", name, ctx.trigger, error)
             return result
         finally:
-            # The lock is session-level: release it even when the body failed. If the connection
-            # itself broke, the server has already dropped the session and the lock with it.
-            if not conn.closed and not conn.broken:
-                conn.execute(_UNLOCK_SQL, (lock_name(name),))
+            # Ending the lock's transaction releases it, also when the body failed; if that
+            # connection broke, the server has already ended the transaction and the lock.
+            lock.close()
 
 
 def _finish(

@@ -1,11 +1,17 @@
 """The built-in scheduler (SPEC §4.2): runs the crons on their schedule, one leader at a time.
 
 Every process started with ``revkernel serve --scheduler`` (``REVKERNEL_SCHEDULER=1``) or
-``revkernel cron scheduler`` runs a ``Scheduler`` thread. Leadership is a *session-level*
-PostgreSQL advisory lock held on a dedicated connection: exactly one process holds it; when that
-process dies its connection closes, the server drops the lock, and the next follower to retry
-(every tick) becomes leader. Only the leader runs crons; each run still takes the cron's own lock,
-so an HTTP-triggered run and a scheduled one never overlap either.
+``revkernel cron scheduler`` runs a ``Scheduler`` thread. Leadership is a lease on the
+``scheduler-leader`` row of ``cron_locks`` (issue 11 §4): the leader renews it every tick for
+``LEADER_LEASE_TICKS`` ticks by the *database's* clock; a follower takes it over once it expired
+(a dead leader is replaced within one lease), and a leader that cannot renew steps down. Taking
+or renewing the lease is an UPDATE, which the read-only analyst role cannot do, so a notebook can
+never hold leadership hostage (a PostgreSQL advisory lock can be taken by any role). A lease, not
+a row lock held open: a transaction kept open for days would hold back vacuum. Only the leader
+runs crons; each run still takes the cron's own lock (``kernel.cron.runs``), so an HTTP-triggered
+run and a scheduled one never overlap, and two leaders for a moment (a paused one whose lease ran
+out) never run one cron twice at once. A slot that finds its cron's lock busy is retried
+``BUSY_RETRY_TICKS`` ticks later, never counted as done.
 
 Schedules (UTC): watchtower and reconcile-usage every 15 min, publish-outbox every minute,
 idempotency-cleanup daily 03:00, invoice-freeze on the 1st at 00:10 (after the freeze grace) and
@@ -19,7 +25,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import threading
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,9 +47,18 @@ __all__ = ["LEADER_LOCK", "SCHEDULER_ENV", "SCHEDULES", "Schedule", "Scheduler",
 
 _log = logging.getLogger("kernel.cron.scheduler")
 
-LEADER_LOCK = "revkernel:scheduler-leader"
+LEADER_LOCK = "scheduler-leader"  # its cron_locks row
 SCHEDULER_ENV = "REVKERNEL_SCHEDULER"
 SCHEDULER_TICK_S = 1.0
+LEADER_LEASE_TICKS = 10
+LEADER_LEASE_MIN_S = 2.0
+BUSY_RETRY_TICKS = 5
+# Take or renew the lease: free, expired, or already ours. Database clock only.
+_LEASE_SQL = """
+UPDATE cron_locks SET holder = %(me)s, expires_at = clock_timestamp() + make_interval(secs => %(lease_s)s)
+WHERE name = %(name)s AND (holder IS NULL OR holder = %(me)s OR expires_at < clock_timestamp())
+RETURNING holder
+"""
 FAILED_RETRY = timedelta(minutes=10)
 STOP_TIMEOUT_S = 30.0
 
@@ -122,6 +139,9 @@ class Scheduler:
         self._conn: psycopg.Connection[Any] | None = None
         self._due: dict[str, datetime] = {}
         self.is_leader = False
+        # Who holds the lease: readable in cron_locks (application name, pid, host, a nonce).
+        self.holder = f"revkernel-scheduler:{os.getpid()}:{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+        self.lease_s = max(LEADER_LEASE_MIN_S, LEADER_LEASE_TICKS * self.tick_s)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="revkernel-scheduler", daemon=True)
@@ -152,18 +172,24 @@ class Scheduler:
             self._drop_leadership()
 
     def _lead(self) -> bool:
-        if self._conn is not None and not self._conn.closed:
-            self._conn.execute("SELECT 1")  # raises when the server or the network went away
-            if self.is_leader:
-                return True
-        else:
+        if self._conn is None or self._conn.closed:
             self._conn = self.db.connect("app", autocommit=True, application_name=f"revkernel-scheduler:{os.getpid()}")
-        row = self._conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (LEADER_LOCK,)).fetchone()
-        if row is not None and row[0]:
+            self._conn.execute(
+                "INSERT INTO cron_locks (name) VALUES (%s) ON CONFLICT (name) DO NOTHING", (LEADER_LOCK,)
+            )
+        row = self._conn.execute(
+            _LEASE_SQL, {"me": self.holder, "lease_s": self.lease_s, "name": LEADER_LOCK}
+        ).fetchone()
+        if row is None:
+            if self.is_leader:
+                self.is_leader = False
+                _log.warning("scheduler pid %s lost its leader lease", os.getpid())
+            return False
+        if not self.is_leader:
             self.is_leader = True
             self._due = self._first_due()
             _log.warning("scheduler pid %s is now the leader", os.getpid())
-        return self.is_leader
+        return True
 
     def _first_due(self) -> dict[str, datetime]:
         assert self._conn is not None
@@ -190,7 +216,10 @@ class Scheduler:
                 if not ok:
                     _log.error("scheduled %s reported failure: %s", schedule.name, result.get("error"))
             except CronRunning:
-                ok = True  # another trigger is running it right now; that run counts
+                # Another trigger holds the cron's lock: this slot did not run. Try again soon.
+                _log.warning("scheduled %s found its lock busy; retrying", schedule.name)
+                self._due[schedule.name] = self.clock.now() + timedelta(seconds=BUSY_RETRY_TICKS * self.tick_s)
+                continue
             except KernelError as exc:
                 _log.error("scheduled %s failed: %s [%s]", schedule.name, exc.message, exc.code)
             except Exception:
@@ -202,7 +231,13 @@ class Scheduler:
         self.is_leader = False
         if self._conn is not None:
             with contextlib.suppress(psycopg.Error):
-                self._conn.close()  # closing the session releases the leader lock
+                if was_leader and not self._conn.closed:
+                    # Hand the lease back at once instead of letting it expire.
+                    self._conn.execute(
+                        "UPDATE cron_locks SET holder = NULL, expires_at = NULL WHERE name = %s AND holder = %s",
+                        (LEADER_LOCK, self.holder),
+                    )
+                self._conn.close()
             self._conn = None
         if was_leader:
             _log.warning("scheduler pid %s gave up leadership", os.getpid())

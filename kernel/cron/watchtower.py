@@ -15,17 +15,27 @@ worst one. ``ok``/``degraded`` → HTTP 200 ``{"ok": true, ...}``; ``alarm``/``c
 | ``drift`` | reconcile found counter drift in the last hour (alarm) or Redis drift only (degraded) |
 | ``ingest_activity`` | sites exist but no ledger row arrived in the last hour (degraded) |
 | ``dispute_holds`` | a dispute hold is older than ``REVKERNEL_DISPUTE_HOLD_MAX_AGE_DAYS`` (degraded) |
+| ``clock_skew`` | host clock off the database's by ≥ 2 s (degraded) / ≥ 60 s (alarm); simulated clocks never |
+
+The clock-skew check (issue 11 §3) matters less than it used to: the database refuses rows in a
+closed month whatever a host clock says. But a skewed host still stamps events late or early
+inside open months and sends stale hosts' events of a frozen month to the next one, so it is a
+finding. The same measure runs at startup (``kernel.app``: a log line and
+``billing_clock_skew_seconds``).
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 import redis
 
-from kernel.clock import format_utc
+from kernel import metrics
+from kernel.clock import Clock, format_utc, is_simulated
 from kernel.cron.runs import CronContext, CronResult, last_runs
 from kernel.errors import ConfigError
 from kernel.months import month_bounds
@@ -33,8 +43,10 @@ from kernel.months import month_bounds
 __all__ = [
     "CRON_ALLOWANCE",
     "STATUS_ORDER",
+    "check_clock_skew",
     "check_redis",
     "database_checks",
+    "measure_clock_skew",
     "watchtower",
     "watchtower_without_database",
 ]
@@ -55,6 +67,10 @@ PUBLISH_FAILURES_ALARM = 50
 DRIFT_WINDOW = timedelta(hours=1)
 INGEST_SILENCE = timedelta(hours=1)
 REDIS_TIMEOUT_S = 2.0
+CLOCK_SKEW_DEGRADED_S = 2.0
+CLOCK_SKEW_ALARM_S = 60.0
+
+_log = logging.getLogger("kernel.cron.watchtower")
 
 
 def _worst(statuses: list[str]) -> str:
@@ -77,6 +93,36 @@ def check_redis(url: str | None) -> dict[str, Any]:
     except redis.RedisError as exc:
         return {"status": "degraded", "configured": True, "error": f"{type(exc).__name__}: {exc}"}
     return {"status": "ok", "configured": True}
+
+
+def measure_clock_skew(conn: psycopg.Connection[Any], clock: Clock) -> float:
+    """This host's clock minus the database's, in seconds, halving the round trip."""
+    before = clock.now()
+    started = time.monotonic()
+    row = conn.execute("SELECT clock_timestamp()").fetchone()
+    elapsed = time.monotonic() - started
+    assert row is not None
+    host_at_answer = before + (elapsed / 2) * timedelta(seconds=1)
+    return float((host_at_answer - row[0]).total_seconds())
+
+
+def check_clock_skew(conn: psycopg.Connection[Any], clock: Clock) -> dict[str, Any]:
+    """The ``clock_skew`` check; records ``billing_clock_skew_seconds`` and logs a real skew."""
+    skew_s = measure_clock_skew(conn, clock)
+    simulated = is_simulated(clock)
+    if simulated:
+        status = "ok"
+    elif abs(skew_s) >= CLOCK_SKEW_ALARM_S:
+        status = "alarm"
+    elif abs(skew_s) >= CLOCK_SKEW_DEGRADED_S:
+        status = "degraded"
+    else:
+        status = "ok"
+    if not simulated:
+        metrics.CLOCK_SKEW.set(skew_s)
+        if status != "ok":
+            _log.warning("host clock is %+.3f s off the database clock (%s)", skew_s, status)
+    return {"status": status, "skew_s": round(skew_s, 3), "simulated": simulated}
 
 
 def database_checks(conn: psycopg.Connection[Any], now: datetime, sink_configured: bool) -> dict[str, dict[str, Any]]:
@@ -205,6 +251,7 @@ def watchtower(ctx: CronContext) -> CronResult:
         from kernel.disputes.holds import stale_holds_check  # issue 15: holds a case left behind
 
         checks["dispute_holds"] = stale_holds_check(conn, now, ctx.settings.dispute_hold_max_age_days)
+        checks["clock_skew"] = check_clock_skew(conn, ctx.clock)
     checks["redis"] = check_redis(ctx.settings.redis_url)
     if sink_error is not None:
         # A sink that is named but unusable means nothing is being published: say so here

@@ -32,6 +32,7 @@ Decisions written down here (SPEC is silent on them):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -50,6 +51,7 @@ from kernel import metrics
 from kernel.ingest import queries
 from kernel.ingest.clients import ClientHasher, load_client_hash_secret
 from kernel.ingest.keys import KeyedEvent, keyed_event, server_ms
+from kernel.ingest.outcome import H_LEDGER_OUTCOME, outcome_unknown, resolve_outcome
 from kernel.ingest.queries import LedgerResult
 from kernel.ingest.ratelimit import REDIS_TIMEOUT_S, RateDecision, RateLimitBusy, SiteRateLimiter
 from kernel.ingest.schemas import MAX_BODY_BYTES, SchemaViolation, decode_json, to_events
@@ -74,7 +76,10 @@ __all__ = [
 _log = logging.getLogger("kernel.ingest")
 
 PUBLIC_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,63}$")  # sites.public_id (migration 0001)
-LEDGER_TIMEOUT_S = 5.0  # the whole ledger call; past it the query is cancelled and the gate closes (500)
+LEDGER_ATTEMPTS = 2  # a key cleaned up during the write (RK001) is retried once
+SQLSTATE_KEY_CLEANED = "RK001"  # ingest_write, migration 0010
+SQLSTATE_MONTH_CLOSED = "RK002"
+MONTH_CLOSED_RETRY_AFTER_S = 60
 EXTRAS_KEY = "ingest"
 UNKNOWN_CLIENT = "unknown"
 MAX_RATE_UNITS = 1000  # a request counts at most this many events (a batch over 100 fails validation anyway)
@@ -95,6 +100,7 @@ EXPOSED_HEADERS = ", ".join(
         H_RATELIMIT,
         H_RATELIMIT_SCOPE,
         H_DEGRADED,
+        H_LEDGER_OUTCOME,
         "retry-after",
         "x-request-id",
     ]
@@ -203,14 +209,43 @@ def _error(status: int, code: str, message: str, *, outcome: str, **extra: Any) 
 
 
 def _gate_closed(site_id: uuid.UUID | None, what: str, exc: BaseException) -> _Stop:
+    """Golden rule 2: nothing was written, nothing is published or counted."""
     metrics.GATE_CLOSED.inc()
     _log.error("billing gate closed for site %s: %s failed: %s: %s", site_id, what, type(exc).__name__, exc)
     reply = Reply(
         500,
         {"ok": False, "status": "billing_gate_closed", "error": "billing_gate_closed"},
+        {H_LEDGER_OUTCOME: "not_written"},
         outcome="gate_closed",
     )
     return _Stop(reply)
+
+
+def _outcome_unknown(site_id: uuid.UUID, exc: BaseException) -> _Stop:
+    """The ledger call may have committed and the database could not tell us (``outcome``)."""
+    metrics.GATE_CLOSED.inc()
+    _log.error("billing gate closed for site %s: ledger outcome unknown: %s: %s", site_id, type(exc).__name__, exc)
+    body = {
+        "ok": False,
+        "status": "billing_gate_closed",
+        "error": "ledger_outcome_unknown",
+        "message": "the ledger could not confirm whether this request was written; retry with the same event_id",
+    }
+    return _Stop(Reply(500, body, {H_LEDGER_OUTCOME: "unknown"}, outcome="gate_closed"))
+
+
+def _month_closed(site_id: uuid.UUID, exc: BaseException) -> _Stop:
+    """The site-month is closed and so is the database's month: nothing written, retry later."""
+    metrics.GATE_CLOSED.inc()
+    _log.error("billing gate closed for site %s: month closed: %s", site_id, exc)
+    body = {
+        "ok": False,
+        "status": "billing_gate_closed",
+        "error": "month_closed",
+        "message": "the month is frozen and the database clock has not reached an open month; retry later",
+    }
+    headers = {H_LEDGER_OUTCOME: "not_written", "retry-after": str(MONTH_CLOSED_RETRY_AFTER_S)}
+    return _Stop(Reply(500, body, headers, outcome="gate_closed"))
 
 
 async def handle_ingest(state: AppState, call: IngestCall) -> Reply:
@@ -389,26 +424,85 @@ def _validate(document: Any, site: Site, call: IngestCall, now_ms: int) -> tuple
 async def _write(
     state: AppState, pool: AsyncConnectionPool, site: Site, now: datetime, request_id: str, keyed: list[KeyedEvent]
 ) -> list[LedgerResult]:
+    """The ledger transaction of one request; every failure is a ``_Stop`` with its answer.
+
+    A key cleaned up while this very statement wrote it (``RK001``) is retried once: the retry
+    finds it archived. Every other outcome is final here (see ``_ledger_call``).
+    """
+    for attempt in range(1, LEDGER_ATTEMPTS + 1):
+        try:
+            return await _ledger_call(state, pool, site, now, request_id, keyed)
+        except psycopg.Error as exc:
+            if exc.sqlstate == SQLSTATE_KEY_CLEANED and attempt < LEDGER_ATTEMPTS:
+                _log.warning("site %s request %s: a key was cleaned up during the write; retrying", site.id, request_id)
+                continue
+            if exc.sqlstate == SQLSTATE_MONTH_CLOSED:
+                raise _month_closed(site.id, exc) from exc
+            raise _gate_closed(site.id, "ledger transaction", exc) from exc
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+async def _ledger_call(
+    state: AppState, pool: AsyncConnectionPool, site: Site, now: datetime, request_id: str, keyed: list[KeyedEvent]
+) -> list[LedgerResult]:
+    """Send the ledger statement once. A definite failure is raised as ``psycopg.Error`` (rolled
+    back) or ``_Stop``; an unknown outcome is resolved before anyone answers (``outcome``)."""
+    keys = [event.idempotency_key for event in keyed]
+    backend_pid: int | None = None
+    sent = unknown = False
+    results: list[LedgerResult | None] | None = None
     try:
-        async with asyncio.timeout(LEDGER_TIMEOUT_S), pool.connection() as conn:
-            results = await queries.write_events(
-                conn,
-                site_id=site.id,
-                now=now,
-                request_id=request_id,
-                billing_enabled=state.settings.billing_enabled,
-                events=keyed,
-            )
-            complete: list[LedgerResult] = []
-            for event, result in zip(keyed, results, strict=True):
-                if result is None:
-                    # The original of a duplicate vanished before it was read: read it again.
-                    result = await queries.read_original(conn, site.id, event.idempotency_key)
-                    if result is None:
-                        raise RuntimeError(f"key {event.idempotency_key} conflicted but has no ledger row")
-                complete.append(result)
-    except (psycopg.Error, PoolTimeout, OSError, RuntimeError, TimeoutError) as exc:
-        raise _gate_closed(site.id, "ledger transaction", exc) from exc
+        async with pool.connection() as conn:
+            backend_pid = conn.info.backend_pid
+            try:
+                async with asyncio.timeout(state.settings.ledger_timeout_s):
+                    sent = True
+                    results = await queries.write_events(
+                        conn,
+                        site_id=site.id,
+                        now=now,
+                        request_id=request_id,
+                        billing_enabled=state.settings.billing_enabled,
+                        events=keyed,
+                    )
+                    missing = [k for k, r in zip(keys, results, strict=True) if r is None]
+                    if missing:
+                        # The original of a duplicate vanished before it was read (a cleanup
+                        # racing the request): it is in the cleaned-key record now.
+                        found = await queries.lookup_keys(conn, site.id, missing)
+                        results = [r if r is not None else found.get(k) for k, r in zip(keys, results, strict=True)]
+            except BaseException as exc:
+                unknown = sent and (results is not None or outcome_unknown(exc, conn.broken))
+                if unknown:
+                    # The pool must never hand this backend to another request: the resolution
+                    # may terminate it.
+                    with contextlib.suppress(psycopg.Error, OSError):
+                        await conn.close()
+                raise
+    except (PoolTimeout, psycopg.Error, OSError, TimeoutError) as exc:
+        if not sent:
+            raise _gate_closed(site.id, "ledger connection", exc) from exc
+        if not unknown:
+            if isinstance(exc, psycopg.Error):
+                raise  # the server rolled the statement back: a known failure (see _write)
+            raise _gate_closed(site.id, "ledger transaction", exc) from exc
+        # The statement committed (results arrived) or may have: resolve it before answering.
+        resolution = await resolve_outcome(
+            state.db.conninfo("app"),
+            site_id=site.id,
+            request_id=request_id,
+            keys=keys,
+            backend_pid=None if results is not None else backend_pid,
+            reason=f"{type(exc).__name__}: {exc}".strip(),
+        )
+        if resolution.kind == "committed" and resolution.results is not None:
+            return resolution.results
+        if resolution.kind == "absent":
+            raise _gate_closed(site.id, "ledger transaction (resolved: not written)", exc) from exc
+        raise _outcome_unknown(site.id, exc) from exc
+    complete = [r for r in results if r is not None]
+    if len(complete) != len(keyed):
+        raise _gate_closed(site.id, "ledger transaction", RuntimeError("a duplicate's original has no ledger row"))
     return complete
 
 
@@ -421,6 +515,8 @@ def _retry_after_month_s(now: datetime) -> int:
 
 
 def _quota_headers(result: LedgerResult, now: datetime) -> dict[str, str]:
+    if result.archived_month is not None:
+        return {}  # nothing of this month is metered any more
     if result.billing_state == "REJECTED_QUOTA":
         return {H_QUOTA_EXCEEDED: "1", H_QUOTA_REMAINING: "0", "retry-after": str(_retry_after_month_s(now))}
     headers: dict[str, str] = {}
@@ -432,6 +528,9 @@ def _quota_headers(result: LedgerResult, now: datetime) -> dict[str, str]:
 
 
 def _outcome(result: LedgerResult) -> dict[str, Any]:
+    if result.archived_month is not None:
+        # Its month was invoiced, archived and cleaned up: the row is gone, the key is remembered.
+        return {"status": "archived", "archived": True, "year_month": result.archived_month}
     return {
         "status": _status_name(result.response_status),
         "billing_state": result.billing_state,
@@ -452,7 +551,7 @@ def _event_result(event: KeyedEvent, result: LedgerResult) -> tuple[str, dict[st
             if result.billing_state == "OVERAGE":
                 metrics.INGEST_OVERAGE.inc()
         return "new", {**_outcome(result), **key}
-    if event.idempotency_version == 2 and result.payload_hash != event.payload_hash:
+    if event.idempotency_version == 2 and result.archived_month is None and result.payload_hash != event.payload_hash:
         metrics.INGEST_CONFLICT.inc()
         return "conflict", {"status": "idempotency_conflict", **key}
     metrics.INGEST_DUPLICATE.inc()

@@ -82,8 +82,8 @@ def test_every_cron_is_403_without_the_secret_and_runs_with_it(settings: Setting
 
 def test_overlapping_runs_are_refused_and_recorded(settings: Settings, app_conn: psycopg.Connection[Any]) -> None:
     ctx = cron_ctx(settings, ManualClock(NOW))
-    with ctx.db.connect("app", autocommit=True) as other:
-        other.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock_name("publish-outbox"),))
+    with ctx.db.connect("app") as other:
+        other.execute("SELECT 1 FROM cron_locks WHERE name = %s FOR UPDATE", (lock_name("publish-outbox"),))
         with pytest.raises(CronRunning):
             run_cron(ctx, "publish-outbox", lambda c: {"ok": True})
         from litestar.testing import TestClient

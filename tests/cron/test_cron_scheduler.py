@@ -94,14 +94,11 @@ def test_app_with_scheduler_runs_the_crons(settings: Settings, app_conn: psycopg
 
 
 def _leader_pid(conn: psycopg.Connection[Any]) -> int | None:
+    """The pid of the process holding an unexpired leader lease (``cron_locks``)."""
     row = conn.execute(
-        """
-        SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-        WHERE l.locktype = 'advisory' AND l.granted AND a.application_name LIKE 'revkernel-scheduler:%%'
-          AND a.datname = current_database()
-        """
+        "SELECT holder FROM cron_locks WHERE name = 'scheduler-leader' AND expires_at > clock_timestamp()"
     ).fetchone()
-    return int(row[0].split(":")[1]) if row else None
+    return int(row[0].split(":")[1]) if row and row[0] else None
 
 
 @pytest.mark.slow

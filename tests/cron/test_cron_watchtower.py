@@ -56,6 +56,7 @@ def test_all_green_is_200_ok(settings: Settings, app_conn: psycopg.Connection[An
         "drift",
         "ingest_activity",
         "dispute_holds",
+        "clock_skew",
     }
     assert all(check["status"] == "ok" for check in body["checks"].values())
     recorded = app_conn.execute("SELECT status FROM cron_runs WHERE name = 'watchtower'").fetchall()
