@@ -27,7 +27,7 @@ REVOKE UPDATE, DELETE, TRUNCATE ON invoice_snapshot, audit_log, signing_keys FRO
 -- revkernel_update_site, which check their preconditions and write audit_log (issue 12 §2).
 REVOKE UPDATE, DELETE, TRUNCATE ON api_keys, sites, site_plans FROM revkernel_app;
 -- The ledger is append-only for the service: no row is ever rewritten.
-REVOKE UPDATE, TRUNCATE ON ingest_idempotency FROM revkernel_app;
+REVOKE UPDATE, DELETE, TRUNCATE ON ingest_idempotency FROM revkernel_app;
 REVOKE ALL ON FUNCTION revkernel_revoke_key(uuid, timestamptz, timestamptz, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION revkernel_update_site(uuid, jsonb, text, timestamptz) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION revkernel_revoke_key(uuid, timestamptz, timestamptz, text, text) TO revkernel_app;

@@ -135,13 +135,14 @@ def _run_died_mid_run(conn: psycopg.Connection[Any], site: str) -> None:
 def test_each_check_turns_red(
     settings: Settings,
     app_conn: psycopg.Connection[Any],
+    owner_conn: psycopg.Connection[Any],
     check: str,
     breaks: Callable[[psycopg.Connection[Any], str], None],
     expected: str,
     http: int,
 ) -> None:
     site = _healthy(app_conn)
-    breaks(app_conn, site)
+    breaks(owner_conn, site)  # as the owner: the app role may not delete ledger rows
     status, body = _watch(settings)
     assert status == http, body
     assert body["status"] == expected and body["checks"][check]["status"] == expected

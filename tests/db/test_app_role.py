@@ -39,6 +39,11 @@ FORBIDDEN = [
     "UPDATE ingest_idempotency SET billable = false",
     "UPDATE ingest_idempotency SET billing_state = 'ACCEPTED', billable = true",
     "TRUNCATE ingest_idempotency",
+    "DELETE FROM ingest_idempotency",
+    # The closure of a month and the record of cleaned keys: only through their functions.
+    "UPDATE site_usage_monthly SET closed_at = NULL",
+    "DELETE FROM ingest_cleaned_keys",
+    "INSERT INTO closed_months (year_month, closed_at) VALUES ('2030-01', now())",
     # Evidence: snapshots, the audit log, signing keys.
     "UPDATE invoice_snapshot SET billable_count = 0",
     "DELETE FROM invoice_snapshot",
