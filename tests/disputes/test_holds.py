@@ -14,47 +14,70 @@ import pytest
 
 from kernel.clock import ManualClock
 from kernel.cron.jobs import run_named
+from kernel.cron.keystore import load_signing_key
 from kernel.cron.runs import CronContext
 from kernel.db.connect import Database
 from kernel.disputes import service
 from kernel.errors import ConfigError
 from kernel.settings import DISPUTE_HOLD_MAX_AGE_DAYS, Settings
 from tests.disputes.conftest import World
-from tests.export.conftest import MONTH
+from tests.export.conftest import MONTH, MONTH_START, Tenant, freeze, insert_rows, ledger_row, make_tenant, sample_rows
 
-# More than 90 days after every October row (the sample rows are of 4-6 October 2026).
-PAST_RETENTION = datetime(2027, 2, 15, 3, 0, tzinfo=UTC)
+# Cleanup deletes nothing younger than 90 days by the *database's* clock either, whatever the
+# host clock says (issue 11), so the held month here is one that is old on the real clock too:
+# the export tests' sample rows moved from October back to January 2026.
+HELD_MONTH = "2026-01"
+SHIFT = MONTH_START - datetime(2026, 1, 1, tzinfo=UTC)
+OPENED_JAN = datetime(2026, 2, 5, 9, 30, tzinfo=UTC)
+# More than 90 days after every January row (the sample rows are of 4-6 January 2026).
+PAST_RETENTION = datetime(2026, 5, 15, 3, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def january(settings: Settings, app_conn: psycopg.Connection[Any]) -> tuple[Tenant, Tenant]:
+    """Two tenants whose January 2026 is frozen: the own shop's sample month and three other rows."""
+    own, other = make_tenant(app_conn, "own-shop"), make_tenant(app_conn, "other-shop")
+    insert_rows(app_conn, own.site_id, [row | {"created_at": row["created_at"] - SHIFT} for row in sample_rows()])
+    insert_rows(
+        app_conn, other.site_id, [ledger_row(f"other-{n}", datetime(2026, 1, 9, 12, n, tzinfo=UTC)) for n in range(3)]
+    )
+    key = load_signing_key(settings)
+    freeze(settings, own.site_id, HELD_MONTH, key)
+    freeze(settings, other.site_id, HELD_MONTH, key)
+    return own, other
 
 
 def _rows(conn: psycopg.Connection[Any], site_id: Any) -> int:
     row = conn.execute(
-        "SELECT count(*) FROM ingest_idempotency WHERE site_id = %s AND year_month = %s", (site_id, MONTH)
+        "SELECT count(*) FROM ingest_idempotency WHERE site_id = %s AND year_month = %s", (site_id, HELD_MONTH)
     ).fetchone()
     return int(row[0]) if row else 0
 
 
 def _archived(conn: psycopg.Connection[Any], site_id: Any) -> bool:
     found = conn.execute(
-        "SELECT 1 FROM ledger_archive WHERE site_id = %s AND year_month = %s", (site_id, MONTH)
+        "SELECT 1 FROM ledger_archive WHERE site_id = %s AND year_month = %s", (site_id, HELD_MONTH)
     ).fetchone()
     return found is not None
 
 
 def test_cleanup_past_90_days_skips_the_held_month_until_its_case_is_closed(
-    world: World, settings: Settings, app_conn: psycopg.Connection[Any]
+    january: tuple[Tenant, Tenant], settings: Settings, app_conn: psycopg.Connection[Any]
 ) -> None:
+    own, other = january
+    signer = load_signing_key(settings)
     case_id = service.open_case(
         app_conn,
-        site_id=world.own.site_id,
-        year_month=MONTH,
+        site_id=own.site_id,
+        year_month=HELD_MONTH,
         disputed_keys=[],
         whole_month=True,
         reason="the whole month looks inflated",
         customer_reference="ZD-77",
         actor="support",
-        clock=world.clock,
+        clock=ManualClock(OPENED_JAN),
     ).case.case_id
-    own_rows, other_rows = _rows(app_conn, world.own.site_id), _rows(app_conn, world.other.site_id)
+    own_rows, other_rows = _rows(app_conn, own.site_id), _rows(app_conn, other.site_id)
     assert own_rows == 11 and other_rows == 3
     clock = ManualClock(PAST_RETENTION)
     ctx = CronContext(settings, clock, Database(settings), trigger="cli")
@@ -62,8 +85,8 @@ def test_cleanup_past_90_days_skips_the_held_month_until_its_case_is_closed(
     result = run_named(ctx, "idempotency-cleanup")
     assert result["ok"] is True, result
     assert result["deleted"] == other_rows  # only the month nobody disputes
-    assert _rows(app_conn, world.own.site_id) == own_rows and not _archived(app_conn, world.own.site_id)
-    assert _rows(app_conn, world.other.site_id) == 0 and _archived(app_conn, world.other.site_id)
+    assert _rows(app_conn, own.site_id) == own_rows and not _archived(app_conn, own.site_id)
+    assert _rows(app_conn, other.site_id) == 0 and _archived(app_conn, other.site_id)
 
     # Resolved is not enough: the evidence stays protected until the case is closed.
     service.investigate_case(app_conn, case_id, note="", actor="support", clock=clock)
@@ -75,15 +98,15 @@ def test_cleanup_past_90_days_skips_the_held_month_until_its_case_is_closed(
         credit=None,
         actor="support",
         clock=clock,
-        signer=world.key,
+        signer=signer,
     )
     assert run_named(ctx, "idempotency-cleanup")["deleted"] == 0
-    assert _rows(app_conn, world.own.site_id) == own_rows
+    assert _rows(app_conn, own.site_id) == own_rows
 
     service.close_case(app_conn, case_id, note="customer accepted", actor="support", clock=clock)
     clock.advance(timedelta(days=1))
     result = run_named(ctx, "idempotency-cleanup")
-    assert result["deleted"] == own_rows and _archived(app_conn, world.own.site_id)
+    assert result["deleted"] == own_rows and _archived(app_conn, own.site_id)
 
 
 def test_watchtower_reports_holds_older_than_the_configured_age(

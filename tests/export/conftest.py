@@ -6,6 +6,7 @@ path is tested on its own); months are frozen with the real ``kernel.cron.freeze
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -92,7 +93,8 @@ def ledger_row(
         "event_label": label,
         "event_url": "https://shop.example/p",
         "fingerprint": "fp1",
-        "payload_hash": f"{abs(hash(key)) % 10**12:064x}",
+        # Deterministic across runs (Python's hash() of a str is salted per process).
+        "payload_hash": hashlib.sha256(key.encode("utf-8")).hexdigest(),
         "occurred_at": created_at - timedelta(seconds=1),
         "response_status": 429 if state == "REJECTED_QUOTA" else 200,
         "quota_remaining": 0,
