@@ -9,6 +9,7 @@ import click
 
 from kernel.cli.context import CliContext, pass_cli
 from kernel.clock import clock_from_spec
+from kernel.errors import InputError
 from kernel.export.packet import build_packet, parse_disputed_keys
 from kernel.export.verify import Verification, verify_packet
 
@@ -30,9 +31,20 @@ def dispute_group() -> None:
     "--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Packet zip to write."
 )
 @click.option("--no-report", is_flag=True, help="Skip the rendered notebook report (no Jupyter kernel needed).")
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="Keep the packet when a disputed key is not in the month's ledger (answered not_in_ledger).",
+)
 @pass_cli
-def packet(cli: CliContext, site_ref: str, year_month: str, keys: str, out: Path, no_report: bool) -> None:
-    """Assemble the evidence packet of a frozen site-month and verify it before writing it."""
+def packet(
+    cli: CliContext, site_ref: str, year_month: str, keys: str, out: Path, no_report: bool, allow_missing: bool
+) -> None:
+    """Assemble the evidence packet of a frozen site-month and verify it before writing it.
+
+    A disputed key that is not in the month's ledger is usually a typo or the wrong month: the
+    command warns, removes the packet and exits non-zero, unless ``--allow-missing`` is given.
+    """
     result = build_packet(
         cli.db,
         site_ref=site_ref,
@@ -52,6 +64,19 @@ def packet(cli: CliContext, site_ref: str, year_month: str, keys: str, out: Path
     if result.report_verdict is not None:
         click.echo(f"  report verdict: {result.report_verdict}")
     click.echo(f"  self-check: {'PASS' if result.verification.ok else 'FAIL'}")
+    missing = [e["idempotency_key"] for e in result.manifest["disputed"] if e["status"] == "not_in_ledger"]
+    if missing:
+        click.echo(
+            f"warning: {len(missing)} disputed key(s) not in the {year_month} ledger: {', '.join(missing)}",
+            err=True,
+        )
+        if not allow_missing:
+            result.path.unlink(missing_ok=True)
+            raise InputError(
+                f"packet not kept: {len(missing)} disputed key(s) are not in the month "
+                "(check the keys and the month, or pass --allow-missing)",
+                code="disputed_key_not_in_month",
+            )
 
 
 def format_table(verification: Verification) -> str:

@@ -46,10 +46,28 @@ def site_group() -> None:
     show_default=True,
     help="H = floor(L * this), with --soft-limit.",
 )
-@click.option("--rate-limit-per-minute", type=click.IntRange(min=1), default=2000, show_default=True)
-@click.option("--billing-mode", type=click.Choice(BILLING_MODES), default="enforce", show_default=True)
+@click.option(
+    "--rate-limit-per-minute",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Requests per minute before 429 rate_limited.",
+)
+@click.option(
+    "--billing-mode",
+    type=click.Choice(BILLING_MODES),
+    default="enforce",
+    show_default=True,
+    help="enforce: quota applies; shadow: decisions recorded, never rejected; off: nothing billable.",
+)
 @click.option("--public-id", default=None, help="Public id the trackers send as `s` (default: generated).")
-@click.option("--ingest-auth", type=click.Choice(["key", "public"]), default="key", show_default=True)
+@click.option(
+    "--ingest-auth",
+    type=click.Choice(["key", "public"]),
+    default="key",
+    show_default=True,
+    help="key: Bearer ingest key required; public: keyless trackers from an allowed origin.",
+)
 @click.option(
     "--allowed-origin",
     "allowed_origins",
