@@ -161,6 +161,8 @@ LEFT JOIN LATERAL (
 ) prev ON true
 LEFT JOIN ledger_archive arc ON arc.site_id = s.id AND arc.year_month = %(year_month)s
 WHERE {_SITE_FILTER}
+  -- A site created after the month, with nothing recorded in it, did not exist in that month.
+  AND (s.created_at < %(month_end)s OR l.site_id IS NOT NULL OR u.site_id IS NOT NULL OR snap.id IS NOT NULL)
 ORDER BY s.public_id
 """
 
@@ -205,7 +207,8 @@ ORDER BY d.day
 
 DRIFT_HISTORY = """
 SELECT to_char(checked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS checked_at,
-       ledger_billable, counter_billable, redis_billable, counter_drift, redis_drift, corrected
+       ledger_billable, counter_billable, redis_billable, counter_drift, redis_drift, corrected,
+       count(*) OVER () AS total_rows
 FROM reconciliation_drift_log
 WHERE site_id = %(site_id)s AND year_month = %(year_month)s
 ORDER BY checked_at, id
@@ -213,6 +216,7 @@ LIMIT %(limit)s
 """
 
 OUTBOX_PROBLEMS = """
+SELECT problem, idempotency_key, created_at, count(*) OVER () AS total_rows FROM (
 SELECT 'accepted_without_outbox' AS problem, l.idempotency_key,
        to_char(l.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at
 FROM ingest_idempotency l
@@ -233,6 +237,7 @@ WHERE o.site_id = %(site_id)s AND o.created_at >= %(month_start)s AND o.created_
   AND NOT EXISTS (
       SELECT 1 FROM ingest_idempotency l WHERE l.site_id = o.site_id AND l.idempotency_key = o.idempotency_key
   )
+) problems
 ORDER BY 1, 3, 2
 LIMIT %(limit)s
 """
