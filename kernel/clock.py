@@ -3,8 +3,10 @@
 ``SystemClock`` is production. ``ManualClock`` is for in-process tests. ``FileClock`` lets a demo or
 a test drive the time of a live server process: it reads an ISO-8601 UTC instant from a file and
 adds the wall time elapsed since that file was written, so time keeps flowing (events get distinct
-buckets) while the driver can jump a month ahead by rewriting the file. It is only used when
-``REVKERNEL_CLOCK=file:<path>`` is set explicitly; never set it in production.
+buckets) while the driver can jump a month ahead by rewriting the file. ``FrozenFileClock``
+(``file-frozen:<path>``) answers the file's instant exactly, with no wall time added, so what a
+driver sends gets the same timestamps on every machine and every run (the deterministic demo).
+Both are only used when ``REVKERNEL_CLOCK`` names them explicitly; never set it in production.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Protocol
 __all__ = [
     "Clock",
     "FileClock",
+    "FrozenFileClock",
     "ManualClock",
     "SystemClock",
     "clock_from_spec",
@@ -76,6 +79,20 @@ class FileClock:
         return base + timedelta(seconds=elapsed_s)
 
 
+class FrozenFileClock:
+    """Time = exactly the instant written in ``path`` (re-read whenever the file changes)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cache: tuple[int, datetime] | None = None
+
+    def now(self) -> datetime:
+        stat = os.stat(self.path)
+        if self._cache is None or self._cache[0] != stat.st_mtime_ns:
+            self._cache = (stat.st_mtime_ns, parse_utc(self.path.read_text(encoding="utf-8").strip()))
+        return self._cache[1]
+
+
 def write_clock_file(path: Path, instant: datetime) -> None:
     """Point every ``FileClock`` reading ``path`` at ``instant`` (atomically)."""
     tmp = path.with_suffix(".tmp")
@@ -84,14 +101,16 @@ def write_clock_file(path: Path, instant: datetime) -> None:
 
 
 def clock_from_spec(spec: str) -> Clock:
-    """Build a clock from ``system`` or ``file:<path>`` (the ``REVKERNEL_CLOCK`` setting)."""
+    """Build a clock from ``system``, ``file:<path>`` or ``file-frozen:<path>`` (``REVKERNEL_CLOCK``)."""
     if spec in ("", "system"):
         return SystemClock()
     if spec.startswith("file:"):
         return FileClock(Path(spec.removeprefix("file:")))
+    if spec.startswith("file-frozen:"):
+        return FrozenFileClock(Path(spec.removeprefix("file-frozen:")))
     from kernel.errors import ConfigError
 
-    raise ConfigError(f"REVKERNEL_CLOCK must be 'system' or 'file:<path>', not {spec!r}")
+    raise ConfigError(f"REVKERNEL_CLOCK must be 'system', 'file:<path>' or 'file-frozen:<path>', not {spec!r}")
 
 
 def format_utc(instant: datetime) -> str:

@@ -11,7 +11,7 @@
 | `CRON_SECRET` | bearer secret of every cron endpoint | empty (every cron answers 403) |
 | `BILLING_ENABLED` | runbook rollback flag: `false` records every event non-billable | `true` |
 | `REVKERNEL_COMMIT` | deployed commit for `x-opsmantik-commit` | `git rev-parse HEAD`, else `unknown` |
-| `REVKERNEL_CLOCK` | `system`, or `file:<path>` for demos and tests (see `kernel.clock`) | `system` |
+| `REVKERNEL_CLOCK` | `system`; `file:<path>` or `file-frozen:<path>` for demos and tests (`kernel.clock`) | `system` |
 """
 
 from __future__ import annotations

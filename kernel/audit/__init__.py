@@ -7,7 +7,14 @@ set-based SQL; ``audit_site_month`` is the same audit restricted to one site.
 
 from __future__ import annotations
 
-from kernel.audit.charts import configure_display, daily_volume_chart, drift_chart, quota_timeline_chart, show
+from kernel.audit.charts import (
+    configure_display,
+    daily_volume_chart,
+    drift_chart,
+    quota_timeline_chart,
+    show,
+    stacked_daily_chart,
+)
 from kernel.audit.connect import AuditDB, ReadOnlyQuery, analyst_engine, analyst_url, connect_analyst, query
 from kernel.audit.display import Block, banner, figures_block, findings_block, table
 from kernel.audit.findings import Finding, Severity, Verdict, findings_frame, verdict_of
@@ -84,6 +91,7 @@ __all__ = [
     "site_findings",
     "site_of",
     "snapshot_chain",
+    "stacked_daily_chart",
     "table",
     "usage_by_reason",
     "verdict_of",

@@ -19,7 +19,15 @@ import pandas as pd
 
 from kernel.errors import KernelError
 
-__all__ = ["Chart", "configure_display", "daily_volume_chart", "drift_chart", "quota_timeline_chart", "show"]
+__all__ = [
+    "Chart",
+    "configure_display",
+    "daily_volume_chart",
+    "drift_chart",
+    "quota_timeline_chart",
+    "show",
+    "stacked_daily_chart",
+]
 
 WIDTH_PX = 760
 HEIGHT_PX = 280
@@ -196,9 +204,20 @@ def _ints(column: pd.Series[Any]) -> tuple[float | None, ...]:
 
 def daily_volume_chart(daily: pd.DataFrame, *, title: str = "Daily volume (UTC)") -> Chart:
     """Stacked bars per day: accepted, overage, rejected, non-billable."""
-    bars = [Series(name.replace("_", "-"), color, _ints(daily[name])) for name, color in _COLORS.items()]
+    return stacked_daily_chart(daily, {name: name.replace("_", "-") for name in _COLORS}, title=title)
+
+
+def stacked_daily_chart(daily: pd.DataFrame, columns: dict[str, str], *, title: str) -> Chart:
+    """Stacked bars per day of ``daily`` (a ``day`` column, ``YYYY-MM-DD``), one bar part per column.
+
+    ``columns`` maps a column to its legend label; the colours are the audit's (``billable``
+    takes the accepted colour), so the dispute packet's report looks like the monthly audit.
+    """
+    palette = {**_COLORS, "billable": _COLORS["accepted"]}
+    bars = [Series(label, palette.get(name, _INK), _ints(daily[name])) for name, label in columns.items()]
     days = [str(d)[8:10] for d in daily["day"]]
-    return _render(title, days, bars=bars, x_label="day of month", y_label="events")
+    note = "" if len(daily) else "no rows"
+    return _render(title, days, bars=bars, x_label="day of month", y_label="events", note=note)
 
 
 def quota_timeline_chart(timeline: pd.DataFrame, *, title: str = "Quota timeline") -> Chart:

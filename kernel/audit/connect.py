@@ -40,6 +40,7 @@ __all__ = [
     "pg_connection",
     "query",
     "read_frame",
+    "read_limited",
 ]
 
 # Connections a notebook's engine keeps open (widgets and cells share them one at a time).
@@ -127,6 +128,19 @@ def read_frame(db: AuditDB, sql: str, params: dict[str, Any] | None = None) -> p
             return pd.read_sql(sql, conn, params=params, coerce_float=False)
     except (sa.exc.DBAPIError, pd.errors.DatabaseError) as exc:
         raise _one_line(exc) from exc
+
+
+def read_limited(db: AuditDB, sql: str, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    """``read_frame`` of a query with a LIMIT and a ``count(*) OVER () AS total_rows`` column.
+
+    The column moves to ``frame.attrs["total_rows"]``: how many rows matched before the LIMIT, so
+    a table can say how many it did not show.
+    """
+    frame = read_frame(db, sql, params)
+    total = int(frame["total_rows"].iloc[0]) if len(frame) else 0
+    frame = frame.drop(columns=["total_rows"])
+    frame.attrs["total_rows"] = total
+    return frame
 
 
 def query(db: AuditDB, sql: str, params: dict[str, Any] | None = None) -> pd.DataFrame:

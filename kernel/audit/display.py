@@ -183,7 +183,8 @@ def banner(
     flag_html = f'<ul style="margin:.5rem 0 0;padding-left:1.2rem">{items}</ul>' if flags else ""
     markup = (
         f'<div style="{_FONT};background:{background};color:{ink};border-left:.5rem solid {ink};'
-        'padding:.8rem 1rem;border-radius:.4rem;margin:.3rem 0 1rem;max-width:100%;box-sizing:border-box">'
+        "padding:.8rem 1rem;border-radius:.4rem;margin:.3rem 0 1rem;max-width:100%;box-sizing:border-box;"
+        'overflow-wrap:anywhere">'
         f'<div style="font-size:.9rem;opacity:.85">{html.escape(subtitle)}</div>'
         f'<div style="font-size:1.6rem;font-weight:800;margin:.1rem 0">{html.escape(word)} · {html.escape(title)}</div>'
         f"<div>{html.escape(lead)}</div>{flag_html}</div>"
@@ -197,7 +198,8 @@ def figures_block(figures: Mapping[str, Any]) -> Block:
     cells = "".join(
         '<div style="padding:.5rem .9rem;border:1px solid #dee2e6;border-radius:.4rem;min-width:7rem">'
         f'<div style="font-size:.8rem;color:#495057">{html.escape(label)}</div>'
-        f'<div style="font-size:1.25rem;font-weight:700;color:#1d3557">{html.escape(str(value))}</div></div>'
+        '<div style="font-size:1.25rem;font-weight:700;color:#1d3557;overflow-wrap:anywhere">'
+        f"{html.escape(str(value))}</div></div>"
         for label, value in figures.items()
     )
     markup = f'<div style="{_FONT};display:flex;flex-wrap:wrap;gap:.5rem;margin:.3rem 0 1rem">{cells}</div>'
@@ -216,14 +218,14 @@ def findings_block(findings: Iterable[Finding]) -> Block:
         pill = _pill(f.severity.value, _SEVERITY_WORDS[f.severity.value])
         rows.append(
             f'<tr style="background:{background}">'
-            f'<td style="padding:.35rem .5rem;vertical-align:top">{pill}</td>'
-            f'<td style="padding:.35rem .5rem;vertical-align:top"><b>{html.escape(f.code)}</b><br>'
+            f'<td style="padding:.35rem .5rem;vertical-align:top;text-align:left">{pill}</td>'
+            f'<td style="padding:.35rem .5rem;vertical-align:top;text-align:left"><b>{html.escape(f.code)}</b><br>'
             f"{html.escape(f.message)}</td>"
-            f'<td style="padding:.35rem .5rem;vertical-align:top">{html.escape(meaning)}</td>'
-            f'<td style="padding:.35rem .5rem;vertical-align:top">{html.escape(action)}</td></tr>'
+            f'<td style="padding:.35rem .5rem;vertical-align:top;text-align:left">{html.escape(meaning)}</td>'
+            f'<td style="padding:.35rem .5rem;vertical-align:top;text-align:left">{html.escape(action)}</td></tr>'
         )
     head = "".join(
-        f'<th style="text-align:left;padding:.35rem .5rem;background:#f1f3f5">{h}</th>'
+        f'<th style="text-align:left;padding:.35rem .5rem;background:#f1f3f5;white-space:nowrap">{h}</th>'
         for h in ("severity", "finding", "what it means", "what to do")
     )
     markup = (

@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 
 from kernel.audit import queries
-from kernel.audit.connect import AuditDB, pg_connection, read_frame
+from kernel.audit.connect import AuditDB, pg_connection, read_frame, read_limited
 from kernel.audit.display import Block, table
 from kernel.clock import format_utc
 from kernel.errors import InputError, KernelError, NotFound
@@ -87,7 +87,10 @@ def ledger_rows(
     billing_reason: str = "",
     limit: int = MAX_LEDGER_ROWS,
 ) -> pd.DataFrame:
-    """Ledger rows of the site-month in leaf order, filtered by state and/or reason ('' = any)."""
+    """Ledger rows of the site-month in leaf order, filtered by state and/or reason ('' = any).
+
+    At most ``limit`` rows; ``frame.attrs["total_rows"]`` says how many match in all.
+    """
     if billing_state and billing_state not in BILLING_STATES:
         raise InputError(f"billing_state must be one of {', '.join(BILLING_STATES)}", code="invalid_billing_state")
     if not 1 <= limit <= MAX_LEDGER_ROWS:
@@ -99,7 +102,7 @@ def ledger_rows(
         "billing_reason": billing_reason or None,
         "limit": limit,
     }
-    return read_frame(conn, queries.LEDGER_ROWS, params)
+    return read_limited(conn, queries.LEDGER_ROWS, params)
 
 
 def key_detail(conn: AuditDB, site: Site, idempotency_key: str) -> dict[str, Any]:
@@ -203,6 +206,7 @@ class Explorer:
 
     db: AuditDB
     last: Any = field(default=None, repr=False)  # what the last action showed (a table or an error line)
+    controls: dict[str, Any] = field(default_factory=dict, repr=False)  # the widgets, by name
 
     def reasons(self, site_ref: str, year_month: str) -> list[str]:
         """The reason filter's options for the chosen site and month ("" = any)."""
@@ -212,7 +216,7 @@ class Explorer:
         frame = ledger_rows(
             self.db, site_of(self.db, site_ref), year_month, billing_state=billing_state, billing_reason=billing_reason
         )
-        return table(frame, empty="No ledger row matches this filter.")
+        return table(frame, total_rows=frame.attrs["total_rows"], empty="No ledger row matches this filter.")
 
     def key(self, site_ref: str, idempotency_key: str) -> Block:
         return key_detail_block(key_detail(self.db, site_of(self.db, site_ref), idempotency_key.strip()))
@@ -224,3 +228,50 @@ class Explorer:
         except Exception as exc:  # a widget must answer, not print a traceback into the notebook
             self.last = one_line(exc)
         return self.last
+
+    def widget(self, site_ref: str, year_month: str) -> Any:
+        """The ipywidgets explorer: site and month pickers, state and reason filters, a key box.
+
+        The reason list follows the chosen site and month; every button runs one action through
+        ``run`` into the output area. JupyterLab only (the cell is tagged ``skip-execution``).
+        """
+        import ipywidgets as widgets
+        from IPython.display import display
+
+        site = widgets.Dropdown(options=site_choices(self.db), value=site_ref, description="site")
+        month = widgets.Text(value=year_month, description="month", continuous_update=False)
+        state = widgets.Dropdown(options=["", *BILLING_STATES], description="state")
+        reason = widgets.Dropdown(options=self.reasons(site_ref, year_month), description="reason")
+        key = widgets.Text(description="key", placeholder="an idempotency key")
+        rows_button = widgets.Button(description="Show rows")
+        key_button = widgets.Button(description="Drill into key")
+        out = widgets.Output()
+
+        def show(result: Any) -> None:
+            with out:
+                out.clear_output()
+                display(result)  # type: ignore[no-untyped-call]
+
+        def follow(_: Any) -> None:
+            found = self.run(self.reasons, site.value, month.value.strip())
+            if isinstance(found, str):
+                show(found)
+            else:
+                reason.options = found
+
+        site.observe(follow, names="value")
+        month.observe(follow, names="value")
+        rows_button.on_click(
+            lambda _: show(self.run(self.rows, site.value, month.value.strip(), state.value, reason.value))
+        )
+        key_button.on_click(lambda _: show(self.run(self.key, site.value, key.value)))
+        self.controls = {"site": site, "month": month, "state": state, "reason": reason, "key": key,
+                         "rows": rows_button, "drill": key_button, "output": out}  # fmt: skip
+        return widgets.VBox(
+            [
+                widgets.HBox([site, month]),
+                widgets.HBox([state, reason]),
+                widgets.HBox([key, rows_button, key_button]),
+                out,
+            ]
+        )

@@ -253,7 +253,8 @@ ORDER BY i.year_month
 LEDGER_ROWS = """
 SELECT idempotency_key,
        to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at,
-       billable, billing_state, billing_reason, event_category, event_action, event_label
+       billable, billing_state, billing_reason, event_category, event_action, event_label,
+       count(*) OVER () AS total_rows
 FROM ingest_idempotency
 WHERE site_id = %(site_id)s AND year_month = %(year_month)s
   AND (%(billing_state)s::text IS NULL OR billing_state = %(billing_state)s::text)

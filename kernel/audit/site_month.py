@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 
 from kernel.audit import queries
-from kernel.audit.connect import AuditDB, pg_connection, read_frame
+from kernel.audit.connect import AuditDB, pg_connection, read_frame, read_limited
 from kernel.audit.display import Block, banner, figures_block, findings_block, table
 from kernel.audit.findings import Finding, Verdict, findings_frame, verdict_of
 from kernel.audit.fleet import METRIC_COLUMNS, audit_fleet, hard_cap_of
@@ -67,6 +67,8 @@ AREA_CODES: dict[str, frozenset[str]] = {
 }
 # Rows a notebook table shows at most (drift history, outbox problems, ledger rows).
 MAX_TABLE_ROWS = 500
+# Outbox rows the monthly audit lists under its one-sentence summary (the rest is counted).
+OUTBOX_SHOWN_ROWS = 20
 
 
 def _month_params(site: Site, year_month: str) -> dict[str, Any]:
@@ -124,20 +126,12 @@ def snapshot_chain(conn: AuditDB, site: Site) -> pd.DataFrame:
     return frame
 
 
-def _limited(frame: pd.DataFrame) -> pd.DataFrame:
-    """Move the query's ``total_rows`` column into ``frame.attrs`` (rows before the LIMIT)."""
-    total = int(frame["total_rows"].iloc[0]) if len(frame) else 0
-    frame = frame.drop(columns=["total_rows"])
-    frame.attrs["total_rows"] = total
-    return frame
-
-
 def drift_history(conn: AuditDB, site: Site, year_month: str, *, limit: int = MAX_TABLE_ROWS) -> pd.DataFrame:
     """Every reconcile result for the site-month: ledger vs counter vs Redis, before correction.
 
     At most ``limit`` rows; ``frame.attrs["total_rows"]`` says how many there are in all.
     """
-    return _limited(read_frame(conn, queries.DRIFT_HISTORY, {**_month_params(site, year_month), "limit": limit}))
+    return read_limited(conn, queries.DRIFT_HISTORY, {**_month_params(site, year_month), "limit": limit})
 
 
 def outbox_problems(conn: AuditDB, site: Site, year_month: str, *, limit: int = MAX_TABLE_ROWS) -> pd.DataFrame:
@@ -145,7 +139,7 @@ def outbox_problems(conn: AuditDB, site: Site, year_month: str, *, limit: int = 
 
     At most ``limit`` rows; ``frame.attrs["total_rows"]`` says how many there are in all.
     """
-    return _limited(read_frame(conn, queries.OUTBOX_PROBLEMS, {**_month_params(site, year_month), "limit": limit}))
+    return read_limited(conn, queries.OUTBOX_PROBLEMS, {**_month_params(site, year_month), "limit": limit})
 
 
 def drift_block(conn: AuditDB, site: Site, year_month: str) -> Block:
@@ -156,7 +150,7 @@ def drift_block(conn: AuditDB, site: Site, year_month: str) -> Block:
 
 def outbox_block(conn: AuditDB, audit: SiteMonthAudit) -> Block:
     """Outbox integrity in one sentence, then the rows concerned (the table says when it is cut)."""
-    frame = outbox_problems(conn, audit.site, audit.year_month)
+    frame = outbox_problems(conn, audit.site, audit.year_month, limit=OUTBOX_SHOWN_ROWS)
     total = int(frame.attrs["total_rows"])
     m = audit.metrics
     missing, orphans = int(m["accepted_without_outbox"]), int(m["outbox_without_ledger"])
