@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m kernel.reporting.kernelspec
 	@touch $(STAMP)
 
 venv: $(STAMP) ## Create the virtualenv with the pinned dependencies
@@ -45,7 +46,7 @@ bench: venv ## Run the benchmarks (not part of test); results in reports/bench/*
 	$(BIN)/python -m bench $(BENCH)
 
 lab: venv ## JupyterLab on notebooks/, as the read-only analyst role on the demo database
-	$(BIN)/python -m ipykernel install --sys-prefix --name revkernel --display-name "Python (revkernel)"
+	$(BIN)/python -m kernel.reporting.kernelspec
 	$(BIN)/revkernel db up
 	ANALYST_DATABASE_URL="$$($(BIN)/revkernel db url --role analyst)" \
 		$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --no-browser \
