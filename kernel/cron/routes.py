@@ -80,13 +80,13 @@ async def cron_watchtower(request: Request[Any, Any, Any]) -> Json:
     return _answer(result, _WATCHTOWER_KEYS, failure_status=503)
 
 
-@route("/api/cron/reconcile-usage", http_method=["GET", "POST"], tags=["cron"])
+@route("/api/cron/reconcile-usage", http_method=["GET", "POST"], tags=["cron"], status_code=200)
 async def cron_reconcile(request: Request[Any, Any, Any]) -> Json:
     """One cycle: arm a job for every unfrozen site-month, then run the pending jobs."""
     return await _run(request, lambda ctx: run_named(ctx, "reconcile-usage"), ("ok", "enqueued", *_RUN_KEYS[1:]))
 
 
-@route("/api/cron/reconcile-usage/enqueue", http_method=["GET", "POST"], tags=["cron"])
+@route("/api/cron/reconcile-usage/enqueue", http_method=["GET", "POST"], tags=["cron"], status_code=200)
 async def cron_reconcile_enqueue(request: Request[Any, Any, Any]) -> Json:
     """Arm (or re-arm) a PENDING job for every unfrozen site-month."""
     return await _run(request, lambda ctx: run_cron(ctx, "reconcile-usage", enqueue), ("ok", "enqueued"))
