@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test lint fmt bench lab clean db-stop gate fuzz chaos
+.PHONY: help venv demo test lint fmt bench lab clean db-stop gate fuzz chaos screenshots
 
 help: ## List the tasks
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ lab: venv ## JupyterLab on notebooks/, as the read-only analyst role on the demo
 	ANALYST_DATABASE_URL="$$($(BIN)/revkernel db url --role analyst)" \
 		$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --no-browser \
 		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+screenshots: venv ## README pictures (fleet index, WARN report, investigate in JupyterLab) after make demo
+	$(BIN)/python -m kernel.reporting.screenshots
 
 gate: venv ## Release gate (runbook §3): tests, migration lint, invariants; evidence in reports/gate/
 	$(BIN)/revkernel gate

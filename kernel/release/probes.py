@@ -393,7 +393,11 @@ def probe_dispute_export(client: httpx.Client, conn: psycopg.Connection[Any], t:
 def probe_invoice_freeze(client: httpx.Client, conn: psycopg.Connection[Any], t: ProbeTenants, secret: str) -> str:
     """Runbook §5.5 on the smoke sites only: freeze answers ok, re-running changes nothing, an open
     month is refused, and no other tenant's month is frozen by the smoke (``?site_id=``)."""
-    others_sql = "SELECT count(*) FROM invoice_snapshot WHERE site_id <> ALL(%s)"
+    # Freezes done over HTTP (the smoke's own trigger) of any other site; a scheduler running in
+    # the instance freezes as ``cron:scheduler`` and is not the smoke's doing.
+    others_sql = (
+        "SELECT count(*) FROM audit_log WHERE action = 'invoice_freeze' AND actor = 'cron:http' AND site_id <> ALL(%s)"
+    )
     mine = [t.quota_site_id, t.rate_site_id]
     before = conn.execute(others_sql, (mine,)).fetchone()
     first = cron_post(client, FREEZE_PATH, secret, site_id=str(t.quota_site_id))

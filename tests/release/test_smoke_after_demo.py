@@ -23,10 +23,13 @@ from tests.notebooks.demo_db import create_demo_database
 
 
 def _demo_evidence(owner: str) -> list[tuple[Any, ...]]:
+    """The demo tenants' snapshots not frozen by the instance's own scheduler."""
     with psycopg.connect(owner) as conn:
         return conn.execute(
-            "SELECT site_id, year_month, snapshot_hash FROM invoice_snapshot WHERE site_id = ANY(%s)"
-            " ORDER BY site_id, year_month",
+            "SELECT i.site_id, i.year_month, i.snapshot_hash FROM invoice_snapshot i WHERE i.site_id = ANY(%s)"
+            " AND NOT EXISTS (SELECT 1 FROM audit_log a WHERE a.action = 'invoice_freeze'"
+            "   AND a.actor = 'cron:scheduler' AND a.site_id = i.site_id AND a.year_month = i.year_month)"
+            " ORDER BY i.site_id, i.year_month",
             ([d.site_id for d in DEMO_SITES],),
         ).fetchall()
 
