@@ -190,8 +190,21 @@ def _status(response: httpx.Response, expected: int) -> None:
     expect(
         response.status_code == expected,
         f"{response.request.method} {response.request.url.path}: expected {expected}, "
-        f"got {response.status_code} {response.text[:160]!r}",
+        f"got {response.status_code} {_answer_words(response)}",
     )
+
+
+def _answer_words(response: httpx.Response) -> str:
+    """What an answer says, in a few words: its error code(s), else the start of its text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return repr(response.text[:80])
+    if isinstance(body, dict):
+        words = [str(body[k]) for k in ("status", "error", "code") if isinstance(body.get(k), str)]
+        if words:
+            return "(" + "/".join(dict.fromkeys(words)) + ")"
+    return "(a JSON body without an error code)"
 
 
 def _retry_after_s(response: httpx.Response) -> int:
@@ -447,7 +460,7 @@ def probe_watchtower(client: httpx.Client, secret: str) -> str:
     )
     expect(
         response.status_code == 200,
-        f"watchtower {response.status_code} {body.get('status')}: {', '.join(red) or 'no check named'}",
+        f"watchtower {response.status_code} {_answer_words(response)}" + (f": {', '.join(red)}" if red else ""),
     )
     expect(body.get("ok") is True and body.get("status") in ("ok", "degraded"), f"watchtower body: {_brief(body)}")
     expect(bool(checks), "watchtower body lacks its checks")

@@ -146,7 +146,8 @@ def open_page(
     from websockets.sync.client import connect
 
     chromium = ensure_chromium()
-    with tempfile.TemporaryDirectory(prefix="revkernel-chromium-") as profile:
+    # Chromium's helper processes may still write to the profile for a moment after it quit.
+    with tempfile.TemporaryDirectory(prefix="revkernel-chromium-", ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(
             [chromium, *_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"],
             stdout=subprocess.DEVNULL,

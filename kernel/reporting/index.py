@@ -38,14 +38,16 @@ body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 1.
        overflow-wrap: anywhere; }
 h1 { font-size: 1.6rem; margin: 0 0 .3rem; }
 nav { margin: .2rem 0 1rem; font-size: .95rem; }
-nav a, nav span { margin-right: 1.2rem; }
+nav > span { margin-right: 1.4rem; }
 .banner { padding: .8rem 1rem; border-radius: .4rem; margin-bottom: 1rem; border-left: .5rem solid; }
 .pill { font-weight: 700; padding: .1rem .45rem; border-radius: .3rem; white-space: nowrap; }
 .totals span { margin-right: 1.2rem; }
 .wrap { max-width: 100%; overflow-x: auto; }
 table { border-collapse: collapse; width: 100%; font-size: .88rem; }
 th, td { border-bottom: 1px solid #dee2e6; padding: .4rem .5rem; text-align: left; vertical-align: top; }
-th { background: #f1f3f5; position: sticky; top: 0; }
+th { background: #f1f3f5; position: sticky; top: 0; white-space: nowrap; overflow-wrap: normal; }
+td:first-child { min-width: 12rem; }
+td.word { white-space: nowrap; overflow-wrap: normal; }
 th[data-sortable] { cursor: pointer; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 tfoot td { font-weight: 700; background: #f8f9fa; border-top: 2px solid #adb5bd; }
@@ -133,7 +135,7 @@ def _month_link(out_dir: Path | None, year_month: str, label: str) -> str:
     href = f"../{year_month}/index.html"
     exists = out_dir is not None and (out_dir.parent / year_month / "index.html").exists()
     note = "" if exists else " <small>(not rendered yet)</small>"
-    return f'<a href="{html.escape(href, quote=True)}">{html.escape(label)}</a>{note}'
+    return f'<span><a href="{html.escape(href, quote=True)}">{html.escape(label)}</a>{note}</span>'
 
 
 def _num(value: int | None) -> str:
@@ -203,7 +205,7 @@ def render_index(summary: dict[str, Any], *, out_dir: Path | None = None) -> str
             + "".join(cells[:1])
             + f'<td class="num" data-sort="{change_key}">{change}</td>'
             + "".join(cells[1:])
-            + f'<td data-sort="{html.escape(snapshot, quote=True)}">{html.escape(snapshot)}</td>'
+            + f'<td class="word" data-sort="{html.escape(snapshot, quote=True)}">{html.escape(snapshot)}</td>'
             + _num(None if drift is None else int(drift))
             + f'<td data-sort="{len(site.get("findings", []))}"><ul>{flags or "<li>none</li>"}</ul></td>'
             f'<td data-sort="{html.escape(public_id, quote=True)}"><ul>{"".join(links)}</ul></td>'
@@ -235,17 +237,19 @@ def render_index(summary: dict[str, Any], *, out_dir: Path | None = None) -> str
         if year_month
         else ""
     )
+    # kind: "" text, "num" a right-aligned number, "rank" sorted by number but shown as text.
+    attributes = {"": "", "num": " class=num", "rank": " data-numeric"}
     head = "".join(
-        f"<th data-sortable{' class=num' if numeric else ''}>{html.escape(label)}</th>"
-        for label, numeric in [
-            ("site", False),
-            ("verdict", True),
-            ("billable", True),
-            ("vs previous month", True),
-            *[(label, True) for label, _ in _FIGURES[1:]],
-            ("snapshot", False),
-            ("drift runs", True),
-            ("red flags", True),
+        f"<th data-sortable{attributes[kind]}>{html.escape(label)}</th>"
+        for label, kind in [
+            ("site", ""),
+            ("verdict", "rank"),
+            ("billable", "num"),
+            ("vs previous month", "num"),
+            *[(label, "num") for label, _ in _FIGURES[1:]],
+            ("snapshot", ""),
+            ("drift runs", "num"),
+            ("red flags", "rank"),
         ]
     )
     title = html.escape(f"Fleet audit {year_month}")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from kernel.errors import KernelError
-from kernel.reporting.browser import open_page
+from kernel.reporting.browser import Page, open_page
 from kernel.reporting.demo import DEMO_REPORT_MONTH
 from kernel.settings import PROJECT_ROOT
 
@@ -72,6 +72,7 @@ def _shoot_lab(out: Path, analyst_url: str) -> Path:
             "--ServerApp.disable_check_xsrf=True",
             "--LabApp.news_url=",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.expose_app_in_browser=True",
         ]
         if os.geteuid() == 0:
             command.append("--allow-root")
@@ -92,11 +93,17 @@ def _shoot_lab(out: Path, analyst_url: str) -> Path:
                 # The kernel the notebook asks for starts; then Run All, as a user would.
                 _run_all(page)
                 page.wait_for("document.querySelector('.widget-dropdown select') !== null", timeout_s=RUN_ALL_TIMEOUT_S)
-                time.sleep(2)  # let the last outputs paint
+                # After Run All (whose last cell disposed the engine), the explorer still answers.
+                page.wait_for("document.querySelector('.jp-Notebook').innerText.includes('verdict: ')", timeout_s=60)
                 page.evaluate(
-                    "(() => { const w = document.querySelector('.widget-dropdown');"
-                    " w.scrollIntoView({block: 'center'}); })()"
+                    "(() => { const state = document.querySelectorAll('.widget-dropdown select')[1];"
+                    " state.value = 'REJECTED_QUOTA'; state.dispatchEvent(new Event('change', {bubbles: true}));"
+                    " Array.from(document.querySelectorAll('.widget-button'))"
+                    ".find(b => b.textContent.trim() === 'Show rows').click(); })()"
                 )
+                page.wait_for("document.querySelector('.widget-output table') !== null", timeout_s=RUN_ALL_TIMEOUT_S)
+                time.sleep(1)  # let the table paint
+                page.evaluate("document.querySelector('.widget-dropdown').scrollIntoView({block: 'start'})")
                 time.sleep(1)
                 return page.screenshot(out, full_page=False)
         finally:
@@ -108,26 +115,25 @@ def _shoot_lab(out: Path, analyst_url: str) -> Path:
                 lab.wait()
 
 
-def _run_all(page: object) -> None:
-    """Run > Run All Cells, through the menu bar (what a user clicks)."""
-    from kernel.reporting.browser import Page
+_NOTEBOOK_JS = "Array.from(window.jupyterapp.shell.widgets('main')).find(w => w.title.label === 'investigate.ipynb')"
 
-    assert isinstance(page, Page)
+
+def _run_all(page: Page) -> None:
+    """Run > Run All Cells: the command the menu runs (the app is exposed for this page only)."""
+    page.wait_for(f"window.jupyterapp !== undefined && !!({_NOTEBOOK_JS})")
+    page.evaluate(f"window.jupyterapp.shell.activateById(({_NOTEBOOK_JS}).id)")
+    # The notebook's own kernel ("Python (revkernel)") must be up before Run All.
     page.wait_for(
-        "Array.from(document.querySelectorAll('.lm-MenuBar-itemLabel')).some(e => e.textContent === 'Run')",
-        timeout_s=60,
+        f"(() => {{ const s = ({_NOTEBOOK_JS}).sessionContext;"
+        " return !!(s.session && s.session.kernel && s.session.kernel.status === 'idle'); })()",
+        timeout_s=LAB_START_TIMEOUT_S,
     )
+    # Dismiss the "Jupyter news?" toast so it does not cover the notebook.
     page.evaluate(
-        "Array.from(document.querySelectorAll('.lm-MenuBar-item'))"
-        ".find(e => e.textContent === 'Run').dispatchEvent(new MouseEvent('mousedown', {bubbles: true}))"
+        "Array.from(document.querySelectorAll('.jp-toast-button')).filter(b => b.textContent.trim() === 'No')"
+        ".forEach(b => b.click())"
     )
-    page.wait_for("document.querySelector('[data-command=\"notebook:run-all-cells\"]') !== null", timeout_s=20)
-    page.evaluate(
-        "(() => { const item = document.querySelector('[data-command=\"notebook:run-all-cells\"]');"
-        " item.dispatchEvent(new MouseEvent('mousedown', {bubbles: true}));"
-        " item.dispatchEvent(new MouseEvent('mouseup', {bubbles: true}));"
-        " item.click(); })()"
-    )
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
 
 
 def take_screenshots(reports_dir: Path = PROJECT_ROOT / "reports", out_dir: Path = SCREENSHOTS_DIR) -> list[Path]:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from kernel.db.connect import Database
-from kernel.reporting import run_fleet_report
+from kernel.reporting import render_notebook, run_fleet_report
 from kernel.reporting.browser import open_page
+from kernel.reporting.fleet import NOTEBOOKS_DIR
 
 WINDOW_PX = 1400
 ROW_IDS = (
@@ -31,12 +32,27 @@ def rendered(sample_db: Database, tmp_path: Path, chromium: str) -> Path:
             timeout_s=120,
         )
         assert not report.failed
+    # The dispute packet's report.html is this notebook, rendered the same way.
+    packet = render_notebook(
+        NOTEBOOKS_DIR / "dispute_evidence.ipynb",
+        {
+            "site": "demo-overage",
+            "year_month": "2026-10",
+            "disputed_keys": "",
+            "database_url": sample_db.uri("analyst"),
+        },
+        tmp_path / "2026-10" / "packet",
+        timeout_s=120,
+        name="report",
+    )
+    assert packet.verdict == "pass"
     return tmp_path / "2026-10"
 
 
 @pytest.mark.slow
 def test_index_and_site_report_in_chromium(rendered: Path) -> None:
-    for page_path in (rendered / "index.html", rendered / "monthly" / "demo-hardcap.html"):
+    pages = (rendered / "index.html", rendered / "monthly" / "demo-hardcap.html", rendered / "packet" / "report.html")
+    for page_path in pages:
         with open_page(page_path.as_uri(), width=WINDOW_PX) as page:
             width = page.evaluate("document.documentElement.scrollWidth")
             assert width <= WINDOW_PX, f"{page_path.name} scrolls sideways: {width}px"
@@ -48,6 +64,14 @@ def test_index_and_site_report_in_chromium(rendered: Path) -> None:
             "(() => { const t = document.body.innerText; return [t.indexOf('WARN ·'), t.indexOf('billing_state')]; })()"
         )
         assert 0 <= first[0] < first[1]
+    with open_page((rendered / "packet" / "report.html").as_uri(), width=WINDOW_PX) as page:
+        # The packet's report opens on its verdict, then the verifier's checks table.
+        order = page.evaluate(
+            "(() => { const t = document.body.innerText;"
+            " return [t.indexOf('PASS ·'), t.indexOf('Verifier checks'), t.indexOf('The month in numbers')]; })()"
+        )
+        assert 0 <= order[0] < order[1] < order[2]
+        assert page.evaluate("document.querySelectorAll('img[src^=\"data:image/svg+xml\"]').length") == 1
 
     # The index sorts and filters with JavaScript, and shows everything without it.
     index = (rendered / "index.html").as_uri()
