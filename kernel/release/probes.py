@@ -460,7 +460,9 @@ def probe_watchtower(client: httpx.Client, secret: str) -> str:
     )
     expect(
         response.status_code == 200,
-        f"watchtower {response.status_code} {_answer_words(response)}" + (f": {', '.join(red)}" if red else ""),
+        f"watchtower {response.status_code} "
+        + (str(body["status"]) if isinstance(body.get("status"), str) else _answer_words(response))
+        + (f": {', '.join(red)}" if red else ""),
     )
     expect(body.get("ok") is True and body.get("status") in ("ok", "degraded"), f"watchtower body: {_brief(body)}")
     expect(bool(checks), "watchtower body lacks its checks")
