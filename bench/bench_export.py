@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import psutil
 import psycopg
+from psycopg import sql
 
 from bench.context import BenchContext
 from kernel.clock import ManualClock
@@ -60,6 +61,15 @@ COPY (SELECT idempotency_key, created_at, year_month, billable, billing_state, b
       FROM ingest_idempotency WHERE site_id = %s AND year_month = %s
       ORDER BY created_at, idempotency_key COLLATE "C") TO STDOUT WITH (FORMAT csv)
 """
+
+
+# The neutralisation rule before issue 12 §6 (the first character only): the "before" of the same
+# run, so the cost of the rule that also looks past leading blanks is measured, not remembered.
+_PREVIOUS_RULE = "CASE WHEN ascii({c}) IN (9, 13, 39, 43, 45, 61, 64) THEN '''' || {c} ELSE {c} END"
+
+
+def _previous_rule(column: str) -> sql.Composable:
+    return sql.SQL(_PREVIOUS_RULE).format(c=sql.Identifier(column))
 
 
 def _psql_rows_per_s(conninfo: str, statement: Any, params: tuple[Any, ...]) -> float:
@@ -182,6 +192,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     app_url = db.conninfo("app")
     plain_rate, plain_bytes = _copy_rows_per_s(app_url, _PLAIN_COPY, (site.id, MONTH))
     formatted_rate, _ = _copy_rows_per_s(app_url, export_copy_statement(), (site.id, MONTH))
+    previous_rate, _ = _copy_rows_per_s(app_url, export_copy_statement(neutralise=_previous_rule), (site.id, MONTH))
     psql_rate = _psql_rows_per_s(app_url, _PLAIN_COPY, (site.id, MONTH))
     baseline = max(plain_rate, psql_rate)  # the faster raw COPY is the bar
 
@@ -212,7 +223,7 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     build_packet(db, site_ref=str(site.id), year_month=MONTH, disputed_keys=disputed, out=packet_path, clock=clock)
     packet_s = time.perf_counter() - started
     started = time.perf_counter()
-    verification = verify_packet(packet_path, trusted_keys=[key.key_id])
+    verification = verify_packet(packet_path, trusted_keys=[key.public_key.hex()])
     verify_s = time.perf_counter() - started
     ratio = http["rows_per_s"] / baseline
     return {
@@ -224,6 +235,8 @@ def run(ctx: BenchContext) -> dict[str, Any]:
         "copy_baseline_rows_per_s": round(baseline),
         "copy_plain_bytes": plain_bytes,
         "copy_export_statement_rows_per_s": round(formatted_rate),
+        "copy_export_statement_previous_rule_rows_per_s": round(previous_rate),
+        "neutralisation_after_vs_before_ratio": round(formatted_rate / previous_rate, 3),
         "http_rows_per_s": http["rows_per_s"],
         "http_bytes": http["bytes"],
         "http_vs_copy_ratio": round(ratio, 3),

@@ -72,6 +72,9 @@ def route_handlers() -> list[Any]:
     from kernel.export.routes import export_route_handlers
 
     handlers += export_route_handlers()
+    from kernel.disputes.routes import dispute_route_handlers
+
+    handlers += dispute_route_handlers()
     from kernel.ingest.routes import ingest_handlers
     from kernel.metrics import metrics_endpoint
 

@@ -12,6 +12,7 @@
 | `BILLING_ENABLED` | runbook rollback flag: `false` records every event non-billable | `true` |
 | `REVKERNEL_COMMIT` | deployed commit for `x-opsmantik-commit` | `git rev-parse HEAD`, else `unknown` |
 | `REVKERNEL_CLOCK` | `system`; `file:<path>` or `file-frozen:<path>` for demos and tests (`kernel.clock`) | `system` |
+| `REVKERNEL_DISPUTE_HOLD_MAX_AGE_DAYS` | the watchtower reports dispute holds older than this (whole days > 0) | `30` |
 """
 
 from __future__ import annotations
@@ -30,12 +31,23 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 APP_ROLE = "revkernel_app"
 ANALYST_ROLE = "revkernel_analyst"
+# A dispute hold older than this is reported by the watchtower (a case someone forgot to close).
+DISPUTE_HOLD_MAX_AGE_DAYS = 30
 
 
 def _flag(value: str | None, default: bool) -> bool:
     if value is None or value.strip() == "":
         return default
     return value.strip().lower() not in ("0", "false", "no", "off")
+
+
+def _positive_days(name: str, value: str | None) -> int:
+    if value is None or not value.strip():
+        return DISPUTE_HOLD_MAX_AGE_DAYS
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or int(text) <= 0:
+        raise ConfigError(f"{name} must be a whole number of days > 0, not {text!r}")
+    return int(text)
 
 
 def _commit() -> str:
@@ -70,6 +82,7 @@ class Settings:
     billing_enabled: bool = True
     commit: str = "unknown"
     clock: str = "system"
+    dispute_hold_max_age_days: int = DISPUTE_HOLD_MAX_AGE_DAYS
     extra: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -87,6 +100,9 @@ class Settings:
             billing_enabled=_flag(env.get("BILLING_ENABLED"), True),
             commit=_commit(),
             clock=env.get("REVKERNEL_CLOCK") or "system",
+            dispute_hold_max_age_days=_positive_days(
+                "REVKERNEL_DISPUTE_HOLD_MAX_AGE_DAYS", env.get("REVKERNEL_DISPUTE_HOLD_MAX_AGE_DAYS")
+            ),
             extra={k: v for k, v in env.items() if k.startswith("REVKERNEL_")},
         )
 

@@ -27,3 +27,5 @@ GRANT SELECT ON ALL TABLES IN SCHEMA public TO revkernel_analyst;
 -- Analysts read the ledger, never the hashed credentials.
 REVOKE SELECT ON api_keys FROM revkernel_analyst;
 ALTER ROLE revkernel_analyst SET default_transaction_read_only = on;
+-- Corrections are evidence too (issue 15, kernel/disputes): append-only for the service.
+REVOKE UPDATE, DELETE, TRUNCATE ON invoice_corrections, correction_credits FROM revkernel_app;

@@ -66,7 +66,7 @@ def _register() -> None:
 
     for module in (db, tenants, demo):
         module.register(main)
-    for name in ("serve", "cron", "report", "dispute", "release"):
+    for name in ("serve", "cron", "report", "dispute", "release", "verify"):
         try:
             module = __import__(f"kernel.cli.{name}", fromlist=["register"])
         except ModuleNotFoundError as exc:

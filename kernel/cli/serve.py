@@ -31,6 +31,9 @@ __all__ = ["register"]
 APP_FACTORY = "kernel.app:create_app"
 MAX_WORKERS = 64
 GRACEFUL_SHUTDOWN_S = 10
+# uvicorn kills a worker that does not answer its supervisor's ping within this long (default 5 s):
+# on a loaded machine a starting worker still importing the app misses it and is restarted forever.
+WORKER_HEALTHCHECK_TIMEOUT_S = 60
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -89,6 +92,7 @@ def serve(
         log_level=log_level,
         access_log=access_log,
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        timeout_worker_healthcheck=WORKER_HEALTHCHECK_TIMEOUT_S,
     )
 
 

@@ -16,10 +16,8 @@ trace); every archive and every deletion writes ``audit_log``.
 
 from __future__ import annotations
 
-import csv
 import gzip
 import hashlib
-import io
 import json
 import logging
 import os
@@ -31,8 +29,7 @@ from typing import Any
 import psycopg
 
 from kernel.cron.runs import CronContext, CronResult
-from kernel.export.csv import EXPORT_COLUMNS
-from kernel.ledger import RootBuilder, leaf_bytes
+from kernel.export.csv import EXPORT_COLUMNS, EXPORT_HEADER, ExportTally, export_copy_statement
 
 __all__ = [
     "ARCHIVE_COLUMNS",
@@ -47,21 +44,10 @@ _log = logging.getLogger("kernel.cron.cleanup")
 
 RETENTION = timedelta(days=90)
 CLEANUP_MAX_ROWS_PER_RUN = 10_000
-# The archive holds the dispute CSV's columns, so one reader and one verifier serve both.
+# The archive is the dispute CSV, gzipped: one statement writes both (formula neutralisation
+# included) and one reader (``ExportTally``, which restores the cells) checks both.
 ARCHIVE_COLUMNS = EXPORT_COLUMNS
-_ARCHIVE_SQL = """
-COPY (
-    SELECT idempotency_key,
-           to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
-           year_month,
-           CASE WHEN billable THEN 'true' ELSE 'false' END,
-           billing_state, billing_reason, event_category, event_action, event_label,
-           payload_hash, idempotency_version
-    FROM ingest_idempotency
-    WHERE site_id = {site} AND year_month = {month}
-    ORDER BY created_at, idempotency_key COLLATE "C"
-) TO STDOUT WITH (FORMAT csv)
-"""
+ARCHIVE_READ_CHUNK_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -87,32 +73,24 @@ def _file_sha256(path: Path) -> str:
 
 def archive_root(path: Path) -> tuple[str, int]:
     """(Merkle root hex, row count) recomputed from an archive file's billable rows, streamed."""
-    builder = RootBuilder()
-    rows = 0
-    with gzip.open(path, "rt", encoding="utf-8", newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader)
-        if tuple(header) != ARCHIVE_COLUMNS:
-            raise ValueError(f"archive {path} has unexpected columns {header}")
-        for record in reader:
-            rows += 1
-            if record[3] == "true":
-                builder.add_leaf(leaf_bytes(record[0], record[1], record[4]))
-    return builder.root().hex(), rows
+    tally = ExportTally()
+    with gzip.open(path, "rb") as handle:
+        while chunk := handle.read(ARCHIVE_READ_CHUNK_BYTES):
+            tally.feed(chunk)
+    digest = tally.close()
+    if not digest.header_ok or digest.format_problem_count or digest.limit_problem:
+        problem = digest.limit_problem or (digest.format_problems or ("unexpected columns",))[0]
+        raise ValueError(f"archive {path} is not a dispute CSV: {problem}")
+    return digest.merkle_root, digest.row_count
 
 
 def _write_archive(conn: psycopg.Connection[Any], path: Path, site_id: str, year_month: str) -> None:
-    from psycopg import sql
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    query = sql.SQL(_ARCHIVE_SQL).format(site=sql.Literal(site_id), month=sql.Literal(year_month))
     # mtime=0 and no file name in the header: the same rows always give the same bytes.
     with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
-        header = io.StringIO()
-        csv.writer(header, lineterminator="\n").writerow(ARCHIVE_COLUMNS)
-        gz.write(header.getvalue().encode("utf-8"))
-        with conn.cursor().copy(query) as copy:
+        gz.write(EXPORT_HEADER)
+        with conn.cursor().copy(export_copy_statement(), (site_id, year_month)) as copy:
             for chunk in copy:
                 gz.write(bytes(chunk))
     with open(tmp, "rb") as handle:

@@ -14,6 +14,7 @@ worst one. ``ok``/``degraded`` → HTTP 200 ``{"ok": true, ...}``; ``alarm``/``c
 | ``publish_failures`` | failed deliveries in the last 15 min: any (degraded), ≥ 50 (alarm) |
 | ``drift`` | reconcile found counter drift in the last hour (alarm) or Redis drift only (degraded) |
 | ``ingest_activity`` | sites exist but no ledger row arrived in the last hour (degraded) |
+| ``dispute_holds`` | a dispute hold is older than ``REVKERNEL_DISPUTE_HOLD_MAX_AGE_DAYS`` (degraded) |
 """
 
 from __future__ import annotations
@@ -201,6 +202,9 @@ def watchtower(ctx: CronContext) -> CronResult:
         sink.close()
     with ctx.db.connect("app", autocommit=True) as conn:
         checks = database_checks(conn, now, sink is not None or sink_error is not None)
+        from kernel.disputes.holds import stale_holds_check  # issue 15: holds a case left behind
+
+        checks["dispute_holds"] = stale_holds_check(conn, now, ctx.settings.dispute_hold_max_age_days)
     checks["redis"] = check_redis(ctx.settings.redis_url)
     if sink_error is not None:
         # A sink that is named but unusable means nothing is being published: say so here

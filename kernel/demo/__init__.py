@@ -62,6 +62,12 @@ def _step_dispute(run: DemoRun) -> None:
     run_dispute_demo(run)
 
 
+def _step_cases(run: DemoRun) -> None:
+    from kernel.demo.disputes import run_case_demo
+
+    run_case_demo(run)
+
+
 def _step_reports(run: DemoRun) -> None:
     # Last: renders the demo month after traffic, crons and freeze have run.
     from kernel.reporting.demo import render_demo_reports
@@ -76,6 +82,7 @@ def demo_steps() -> list[tuple[str, Callable[[DemoRun], None]]]:
         ("tenants", _step_tenants),
         ("traffic", _step_traffic),
         ("crons", _step_crons),
+        ("cases", _step_cases),
         ("dispute", _step_dispute),
         ("reports", _step_reports),
     ]

@@ -28,7 +28,7 @@ import hashlib
 import io
 import re
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +42,11 @@ __all__ = [
     "EXPORT_COLUMNS",
     "EXPORT_HEADER",
     "EXPORT_STATEMENT_TIMEOUT_MS",
+    "FORMULA_BLANKS",
     "FORMULA_TRIGGERS",
+    "LEADING_TRIGGERS",
+    "MAX_CSV_FIELD_CHARS",
+    "MAX_CSV_RECORD_BYTES",
     "CsvDigest",
     "DisputedRow",
     "ExportTally",
@@ -50,6 +54,7 @@ __all__ = [
     "export_copy_statement",
     "export_filename",
     "neutralise_cell",
+    "neutralised_sql",
     "restore_cell",
 ]
 
@@ -74,26 +79,74 @@ EXPORT_CHUNK_BYTES = 256 * 1024
 EXPORT_STATEMENT_TIMEOUT_MS = 30 * 60 * 1000
 # How many format problems the tally keeps word for word (it counts all of them).
 MAX_REPORTED_PROBLEMS = 20
+# Reading limits (a limit on everything): genuine cells are at most a few hundred characters
+# (ingest caps text at 200), so these bounds only ever stop hostile or broken files.
+MAX_CSV_FIELD_CHARS = 4096  # characters of one field, after unquoting
+# Bytes the reader holds for a record it has not seen the end of. Eleven fields at the field limit
+# (4 bytes a character, or 2 for a doubled quote) fit, so only a record that is refused anyway
+# (too many fields, a field too long, an unterminated quote) ever reaches it.
+MAX_CSV_RECORD_BYTES = 256 * 1024
 
-# A leading apostrophe is itself a trigger, so that neutralisation is reversible.
-FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "'")
+# Characters that start a formula when they are a cell's first non-blank character (OWASP "CSV
+# injection"), with the fullwidth forms that spreadsheets fold to ASCII.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+# Characters a spreadsheet skips before it looks for a formula trigger.
+FORMULA_BLANKS = (
+    " \t\n\r\x0b\x0c\x85\xa0\u1680"
+    + "".join(chr(c) for c in range(0x2000, 0x2010))  # en quad … hair space, zero-width, LRM/RLM
+    + "".join(chr(c) for c in range(0x2028, 0x2030))  # line/paragraph separators, bidi marks, NNBSP
+    + "\u205f\u2060\u3000\ufeff"  # math space, word joiner, ideographic space, BOM
+)
+# A cell starting with one of these is always neutralised: the control characters OWASP lists as
+# triggers on their own, and the apostrophe itself, which is what makes the mapping reversible.
+LEADING_TRIGGERS = ("\t", "\r", "\n", "'")
 _CREATED_AT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-# Compared by code point: ascii() costs far less per row than left(x, 1) IN (...) on text.
-_TRIGGER_SQL = sql.SQL(", ").join(sql.Literal(ord(t)) for t in FORMULA_TRIGGERS)
+_ALWAYS = frozenset(FORMULA_TRIGGERS + LEADING_TRIGGERS)
+_FIRST = _ALWAYS | frozenset(FORMULA_BLANKS)  # a cell starting with none of these is left as it is
+
+
+def _needs_apostrophe(value: str) -> bool:
+    first = value[:1]
+    if not first or first not in _FIRST:
+        return False  # the fast path: almost every cell starts with a letter or a digit
+    return first in _ALWAYS or value.lstrip(FORMULA_BLANKS)[:1] in FORMULA_TRIGGERS
 
 
 def neutralise_cell(value: str | None) -> str | None:
-    """The cell as exported: a leading apostrophe before a formula trigger (see module doc)."""
-    if value and value[0] in FORMULA_TRIGGERS:
+    """The cell as exported: one leading apostrophe before a formula (see the module doc)."""
+    if value and _needs_apostrophe(value):
         return "'" + value
     return value
 
 
 def restore_cell(cell: str) -> str:
-    """Inverse of ``neutralise_cell`` for a cell read from the CSV."""
-    if len(cell) > 1 and cell[0] == "'" and cell[1] in FORMULA_TRIGGERS:
+    """Inverse of ``neutralise_cell`` for a cell read from the CSV (export, archive, packets)."""
+    if cell[:1] == "'" and _needs_apostrophe(cell[1:]):
         return cell[1:]
     return cell
+
+
+def _code_points(chars: Iterable[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Literal(ord(c)) for c in sorted(set(chars)))
+
+
+# Compared by code point: ascii() (the first character's code point) costs far less per row than
+# left(x, 1) IN (...) on text, and turns the common cell away before ltrim() runs.
+_NEUTRALISED_SQL = (
+    "CASE WHEN ascii({c}) IN ({first}) AND (ascii({c}) IN ({always})"
+    " OR ascii(ltrim({c}, {blanks})) IN ({triggers})) THEN '''' || {c} ELSE {c} END"
+)
+
+
+def neutralised_sql(column: str) -> sql.Composable:
+    """``neutralise_cell`` of a text column, in SQL: the rule COPY applies to every exported cell."""
+    return sql.SQL(_NEUTRALISED_SQL).format(
+        c=sql.Identifier(column),
+        first=_code_points(_FIRST),
+        always=_code_points(_ALWAYS),
+        blanks=sql.Literal(FORMULA_BLANKS),
+        triggers=_code_points(FORMULA_TRIGGERS),
+    )
 
 
 def export_filename(site_id: uuid.UUID | str, year_month: str) -> str:
@@ -101,13 +154,11 @@ def export_filename(site_id: uuid.UUID | str, year_month: str) -> str:
     return f"dispute-{uuid.UUID(str(site_id))}-{year_month}.csv"
 
 
-def _neutralised(column: str) -> sql.Composable:
-    ident = sql.Identifier(column)
-    return sql.SQL("CASE WHEN ascii({c}) IN ({t}) THEN '''' || {c} ELSE {c} END").format(c=ident, t=_TRIGGER_SQL)
+def export_copy_statement(*, neutralise: Callable[[str], sql.Composable] = neutralised_sql) -> sql.Composed:
+    """``COPY (SELECT …) TO STDOUT CSV`` of one site-month; parameters ``(site_id, year_month)``.
 
-
-def export_copy_statement() -> sql.Composed:
-    """``COPY (SELECT …) TO STDOUT CSV`` of one site-month; parameters ``(site_id, year_month)``."""
+    ``neutralise`` is for the export benchmark only, which times the statement with an older rule.
+    """
     text = ("billing_reason", "event_category", "event_action", "event_label", "payload_hash")
     select = sql.SQL(
         """
@@ -122,7 +173,7 @@ def export_copy_statement() -> sql.Composed:
         WHERE site_id = %s AND year_month = %s
         ORDER BY created_at, idempotency_key COLLATE "C"
         """
-    ).format(key=_neutralised("idempotency_key"), text=sql.SQL(", ").join(_neutralised(c) for c in text))
+    ).format(key=neutralise("idempotency_key"), text=sql.SQL(", ").join(neutralise(c) for c in text))
     return sql.SQL("COPY ({select}) TO STDOUT WITH (FORMAT csv)").format(select=select)
 
 
@@ -190,6 +241,8 @@ class CsvDigest:
     month_problems: tuple[str, ...]
     month_problem_count: int
     disputed: dict[str, DisputedRow]
+    # The first reading limit the file broke (``MAX_CSV_*``), if any: a size, not a format, problem.
+    limit_problem: str | None = None
 
     def counts(self) -> dict[str, int]:
         return {
@@ -224,7 +277,9 @@ class ExportTally:
     def __init__(self, *, year_month: str | None = None, disputed_keys: Iterable[str] = ()) -> None:
         self._sha = hashlib.sha256()
         self._bytes = 0
-        self._pending = b""
+        self._pending = bytearray()
+        self._records = _RecordEnds()
+        self._limit_problem: str | None = None
         self._header_seen = False
         self._header_ok = False
         self._year_month = year_month
@@ -247,19 +302,27 @@ class ExportTally:
         assert not self._closed, "feed after close"
         self._sha.update(chunk)
         self._bytes += len(chunk)
-        data = self._pending + chunk
-        cut = _record_boundary(data)
+        if self._limit_problem is not None:
+            return  # past a broken limit nothing more is parsed; the bytes are still hashed
+        cut = self._records.last_end(chunk)
         if cut:
-            self._parse(data[:cut])
-        self._pending = data[cut:]
+            self._parse(bytes(self._pending) + chunk[:cut])
+            self._pending.clear()
+        self._pending += chunk[cut:]
+        if len(self._pending) > MAX_CSV_RECORD_BYTES:
+            self._limit_problem = (
+                f"the record after row {self._rows} is longer than {MAX_CSV_RECORD_BYTES} bytes"
+                " (an unterminated quoted field?): the rest of the file was not read"
+            )
+            self._pending.clear()
 
     def close(self) -> CsvDigest:
         """Finish reading (a last record without its newline counts) and return the digest."""
         if not self._closed:
             self._closed = True
             if self._pending:
-                self._parse(self._pending)
-                self._pending = b""
+                self._parse(bytes(self._pending))
+                self._pending.clear()
         if not self._header_seen:
             self._format.add("the file is empty: no header")
         return CsvDigest(
@@ -279,6 +342,7 @@ class ExportTally:
             month_problems=tuple(self._month.kept),
             month_problem_count=self._month.count,
             disputed=dict(self._disputed),
+            limit_problem=self._limit_problem,
         )
 
     def _parse(self, data: bytes) -> None:
@@ -304,6 +368,10 @@ class ExportTally:
         n = self._rows
         if len(record) != len(EXPORT_COLUMNS):
             self._format.add(f"row {n}: {len(record)} fields, expected {len(EXPORT_COLUMNS)}")
+            return
+        if max(map(len, record)) > MAX_CSV_FIELD_CHARS:
+            self._limit_problem = self._limit_problem or f"row {n} has a field over {MAX_CSV_FIELD_CHARS} characters"
+            self._format.add(f"row {n}: a field is longer than {MAX_CSV_FIELD_CHARS} characters")
             return
         key = restore_cell(record[0])
         created_at, year_month, billable_text, state = record[1], record[2], record[3], record[4]
@@ -340,15 +408,30 @@ class ExportTally:
             self._disputed[key] = DisputedRow(key, n, created_at, billable, state, leaf_index)
 
 
-def _record_boundary(data: bytes) -> int:
-    """Length of the longest prefix of ``data`` that ends a CSV record (0 if none).
+class _RecordEnds:
+    """Finds where CSV records end in a byte stream, looking at each byte once (linear time).
 
-    A newline ends a record when it is outside quotes, i.e. when an even number of ``"`` precede
-    it (RFC 4180: quotes appear only around fields and doubled inside them).
+    A newline ends a record when it is outside quotes, i.e. when an even number of ``"`` precede it
+    in the whole stream (RFC 4180: quotes appear only around fields and doubled inside them). The
+    parity of everything fed so far is kept, so a chunk is scanned once, backwards from its end to
+    its last record end, and the bytes before it never again: an unterminated quote costs no more
+    than a well-formed file (the rescan from the first byte this replaces was quadratic, and hung
+    on a 2 KB zip).
     """
-    end = data.rfind(b"\n")
-    while end >= 0:
-        if data.count(b'"', 0, end) % 2 == 0:
-            return end + 1
-        end = data.rfind(b"\n", 0, end)
-    return 0
+
+    def __init__(self) -> None:
+        self._odd_quotes = False  # parity of the quotes in every byte fed so far
+
+    def last_end(self, chunk: bytes) -> int:
+        """Length of the longest prefix of ``chunk`` that ends a record (0 if none)."""
+        end_odd = self._odd_quotes ^ bool(chunk.count(b'"') & 1)
+        self._odd_quotes = end_odd
+        odd_after, scanned_to = False, len(chunk)
+        end = chunk.rfind(b"\n")
+        while end >= 0:
+            odd_after ^= bool(chunk.count(b'"', end, scanned_to) & 1)
+            scanned_to = end
+            if end_odd == odd_after:  # an even number of quotes in the stream before this newline
+                return end + 1
+            end = chunk.rfind(b"\n", 0, end)
+        return 0

@@ -10,7 +10,10 @@ chain never forks).
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import psycopg
 
 from kernel.clock import SystemClock
 from kernel.cron.freeze import freeze_month
@@ -24,7 +27,7 @@ from kernel.settings import PROJECT_ROOT
 if TYPE_CHECKING:
     from kernel.demo import DemoRun
 
-__all__ = ["DEMO_DISPUTE_MONTH", "DEMO_DISPUTE_SITE", "run_dispute_demo"]
+__all__ = ["DEMO_DISPUTE_MONTH", "DEMO_DISPUTE_SITE", "demo_disputed_keys", "run_dispute_demo"]
 
 DEMO_DISPUTE_SITE = "demo-overage"
 DEMO_DISPUTE_MONTH = "2026-10"
@@ -38,6 +41,16 @@ SELECT (SELECT idempotency_key FROM ingest_idempotency
 """
 
 
+def demo_disputed_keys(conn: psycopg.Connection[Any], site_id: uuid.UUID) -> list[str]:
+    """The demo dispute's keys: the month's first ACCEPTED, first OVERAGE and first rejected event."""
+    keys = []
+    for state in ("ACCEPTED", "OVERAGE", "REJECTED_QUOTA"):
+        row = conn.execute(_DISPUTED_SQL, {"s": site_id, "m": DEMO_DISPUTE_MONTH, "state": state}).fetchone()
+        if row is not None and row[0] is not None:
+            keys.append(str(row[0]))
+    return keys
+
+
 def run_dispute_demo(run: DemoRun) -> None:
     demo = next(d for d in DEMO_SITES if d.public_id == DEMO_DISPUTE_SITE)
     clock = SystemClock()
@@ -49,11 +62,7 @@ def run_dispute_demo(run: DemoRun) -> None:
             run_cron(ctx, "invoice-freeze", functools.partial(freeze_month, year_month=month))
         run.echo(f"dispute: froze {', '.join(DEMO_MONTHS_IN_ORDER)} first (invoice-freeze)")
     with run.db.connect("app", autocommit=True) as conn:
-        keys = []
-        for state in ("ACCEPTED", "OVERAGE", "REJECTED_QUOTA"):
-            row = conn.execute(_DISPUTED_SQL, {"s": demo.site_id, "m": DEMO_DISPUTE_MONTH, "state": state}).fetchone()
-            if row is not None and row[0] is not None:
-                keys.append(str(row[0]))
+        keys = demo_disputed_keys(conn, demo.site_id)
         public_key = conn.execute(
             "SELECT k.public_key FROM invoice_snapshot s JOIN signing_keys k USING (key_id)"
             " WHERE s.site_id = %s AND s.year_month = %s",
@@ -78,4 +87,5 @@ def run_dispute_demo(run: DemoRun) -> None:
         f" {len(keys)} disputed event(s); packet verified offline ({len(verification.checks)} checks pass)"
     )
     run.echo(f"  packet: {out}")
-    run.notes.append(f"check the dispute packet yourself: .venv/bin/revkernel dispute verify {out}")
+    pin = f" --trusted-key {trusted[0]}" if trusted else ""
+    run.notes.append(f"check the dispute packet yourself: .venv/bin/revkernel dispute verify {out}{pin}")

@@ -67,7 +67,7 @@ def load_evidence(
         year_month: ``YYYY-MM``.
         disputed_keys: Comma-separated idempotency keys (used when staging).
         evidence_dir: A staged packet directory; empty to stage one now.
-        trusted_keys: Comma-separated public keys (hex) or key ids the signature must come from.
+        trusted_keys: Comma-separated public keys (hex or C2SP verifier keys) the signature must come from.
         database_url: Where to stage from (empty: the configured database), as the analyst role.
     """
     trusted = [k for k in trusted_keys.split(",") if k.strip()]

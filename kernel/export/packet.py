@@ -35,7 +35,15 @@ import psycopg
 from kernel.clock import Clock, format_utc
 from kernel.db.connect import Database
 from kernel.errors import Conflict, InputError
-from kernel.export.csv import CsvDigest, ExportTally, export_chunks, export_filename
+from kernel.export.csv import (
+    FORMULA_BLANKS,
+    FORMULA_TRIGGERS,
+    LEADING_TRIGGERS,
+    CsvDigest,
+    ExportTally,
+    export_chunks,
+    export_filename,
+)
 from kernel.export.manifest import month_manifest, snapshot_disagreements
 from kernel.export.proofs import MerkleLevels
 from kernel.export.queries import SnapshotRecord, load_snapshot, record_audit
@@ -157,6 +165,7 @@ def stage_evidence(
     disputed_keys: Sequence[str],
     directory: Path,
     generated_at: str,
+    manifest_extra: dict[str, Any] | None = None,
 ) -> StagedEvidence:
     """Write the CSV, ``VERIFY.md`` and a manifest for a frozen site-month into ``directory``.
 
@@ -173,6 +182,10 @@ def stage_evidence(
         raise Conflict(f"{month} of site {site.public_id} is not frozen: no signed snapshot", code="month_not_frozen")
     if snapshot.public_key is None:
         raise Conflict(f"no public key for signing key {snapshot.key_id}", code="signing_key_missing")
+    from kernel.disputes.evidence import packet_corrections  # issue 15: the month's signed credits
+
+    corrections = packet_corrections(conn, site.id, month)
+    keys += [k for k in corrections.credited_keys if k not in keys]  # each credit gets its proof
     directory.mkdir(parents=True, exist_ok=True)
     csv_path = directory / export_filename(site.id, month)
     tally = ExportTally(year_month=month, disputed_keys=keys)
@@ -190,7 +203,8 @@ def stage_evidence(
             code="ledger_snapshot_mismatch",
         )
     verify_path = directory / VERIFY_NAME
-    verify_path.write_text(verify_instructions(site.id, month, csv_path.name, snapshot), encoding="utf-8")
+    verify_text = verify_instructions(site.id, month, csv_path.name, snapshot) + corrections.verify_section()
+    verify_path.write_text(verify_text, encoding="utf-8")
     manifest = month_manifest(site.id, month, digest, snapshot, generated_at=generated_at)
     manifest.update(
         packet_version=PACKET_VERSION,
@@ -201,6 +215,7 @@ def stage_evidence(
         public_key=snapshot.public_key,
         signature=snapshot.signature,
     )
+    manifest.update(corrections.manifest_fields(document), **(manifest_extra or {}))
     _write_manifest(directory, manifest)
     return StagedEvidence(directory, site, month, digest, snapshot, manifest)
 
@@ -220,6 +235,7 @@ def build_packet(
     clock: Clock,
     actor: str = "cli",
     render_report: bool = True,
+    manifest_extra: dict[str, Any] | None = None,
 ) -> PacketResult:
     """Assemble, self-verify and write the packet zip to ``out``; record it in ``audit_log``.
 
@@ -239,6 +255,7 @@ def build_packet(
                 disputed_keys=disputed_keys,
                 directory=stage,
                 generated_at=generated_at,
+                manifest_extra=manifest_extra,
             )
         verdict = _render_report(staged, Path(tmp) / "render") if render_report else None
         zip_tmp = out.with_name(out.name + ".tmp")
@@ -310,6 +327,10 @@ def verify_instructions(site_id: uuid.UUID, year_month: str, csv_name: str, snap
         csv_name=csv_name,
         key_id=snapshot.key_id,
         snapshot_hash=snapshot.snapshot_hash,
+        # The formula-neutralisation rule of kernel.export.csv, spelled out for a script with no kernel.
+        formula_blanks=FORMULA_BLANKS,
+        formula_triggers=FORMULA_TRIGGERS,
+        leading_triggers=LEADING_TRIGGERS,
     )
 
 
@@ -343,8 +364,10 @@ openssl pkeyutl -verify -pubin -inkey pub.pem -rawin -in snapshot.json -sigfile 
 
 ## 3. The CSV is exactly the invoiced month
 `{csv_name}` holds every ledger row of the month, billable or not, ordered by `created_at`, then
-`idempotency_key` compared bytewise. Cells that began with `= + - @ '`, a tab or a CR carry one
-extra leading `'` (spreadsheet formula protection): remove it before hashing.
+`idempotency_key` compared bytewise. Spreadsheet formula protection: a cell whose first non-blank
+character is `= + - @` (or their fullwidth forms U+FF1D, U+FF0B, U+FF0D, U+FF20), or that began
+with a tab, CR, LF or `'`, carries one extra leading `'`; `restore` in the script below removes it
+before hashing.
 
 - rows with `billable` = `true` are the invoice: their number is `billable_count`, those in state
   `OVERAGE` are `overage_count`; `REJECTED_QUOTA` rows are `rejected_count`; the other
@@ -362,7 +385,11 @@ def root(leaves):
     if len(leaves) == 1: return h(b"\\x00" + leaves[0])
     k = 1 << ((len(leaves) - 1).bit_length() - 1)
     return h(b"\\x01" + root(leaves[:k]) + root(leaves[k:]))
-def restore(cell): return cell[1:] if cell[:1] == "'" and cell[1:2] in ("=", "+", "-", "@", "\\t", "\\r", "'") else cell
+BLANKS, TRIGGERS, LEADING = {formula_blanks!r}, {formula_triggers!r}, {leading_triggers!r}
+def protected(v):
+    first = v[:1]
+    return first in LEADING + TRIGGERS or (first != "" and first in BLANKS and v.lstrip(BLANKS)[:1] in TRIGGERS)
+def restore(cell): return cell[1:] if cell[:1] == "'" and protected(cell[1:]) else cell
 with open(sys.argv[1], newline="", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
 leaves = [f"{{restore(r['idempotency_key'])}}\\t{{r['created_at']}}\\t{{r['billing_state']}}".encode()

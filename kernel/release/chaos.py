@@ -12,7 +12,9 @@ Afterwards, the proof (golden rules 1-3):
   second row for one event is impossible, and every billable row has exactly one outbox row
   (0 double-published);
 - the counters equal the ledger (zero drift), and the reconcile cron agrees;
-- the outbox drains: every row delivered to the sink, first deliveries in outbox order per site.
+- the outbox drains: every row delivered to the sink, first deliveries in outbox order per site;
+- the shaken store backs up while the service runs, restores into a fresh data directory, and
+  the copy passes ``revkernel verify`` (``kernel.backup.drill``).
 
 The figures go to ``reports/chaos/<timestamp>.json``.
 """
@@ -30,12 +32,14 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 
+from kernel.backup.drill import recovery_drill
 from kernel.clock import SystemClock
 from kernel.db import embedded
 from kernel.release.checks import CheckFailed, CheckResult, expect, run_check
@@ -309,6 +313,8 @@ def _drill(options: ChaosOptions, servers: Servers, report: ChaosReport, echo: C
         relay_stop.set()
         relay.join(timeout=REQUEST_TIMEOUT_S * 3)
         _verify(conn, servers, log, sites, report)
+    drill = partial(recovery_drill, servers.owner, servers.root / "data", servers.root / "drill")
+    report.results.append(run_check("backup, restore, verify", drill))
     report.figures.update(
         {
             "clients": options.clients,

@@ -55,6 +55,7 @@ def test_all_green_is_200_ok(settings: Settings, app_conn: psycopg.Connection[An
         "publish_failures",
         "drift",
         "ingest_activity",
+        "dispute_holds",
     }
     assert all(check["status"] == "ok" for check in body["checks"].values())
     recorded = app_conn.execute("SELECT status FROM cron_runs WHERE name = 'watchtower'").fetchall()

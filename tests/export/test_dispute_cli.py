@@ -55,6 +55,6 @@ def test_cli_packet_with_rendered_report_verifies_offline(
     assert "Dispute evidence" in report and "evt-0001" in report and "def " not in report  # no code cells
     assert results["verdict"] == "pass" and results["metrics"]["verified"] is True
     assert manifest["report_verdict"] == "pass"
-    checked = runner.invoke(main, ["dispute", "verify", str(out), "--trusted-key", signing_key.key_id])
+    checked = runner.invoke(main, ["dispute", "verify", str(out), "--trusted-key", signing_key.public_key.hex()])
     assert checked.exit_code == 0, checked.output
     assert "verdict: PASS" in checked.output

@@ -27,12 +27,21 @@ def _export(client: TestClient[Any], token: str, site_id: object, month: str = M
     )
 
 
-@pytest.mark.parametrize("value", ["=1", "+x", "-3", "@a", "\tt", "\rr", "'q", "''", "plain", "a=b", "", "'"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        *("=1", "+x", "-3", "@a", "\tt", "\rr", "'q", "''", "plain", "a=b", "", "'"),
+        *(" =1", "\u00a0+x", "\n-3", "\r\n@a", "\uff1d1", " \uff20a", "\u3000\uff0b1", " x", "\u00a0"),  # bypasses
+    ],
+)
 def test_neutralisation_is_reversible(value: str) -> None:
     cell = neutralise_cell(value)
     assert cell is not None and restore_cell(cell) == value
-    if value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        assert cell.startswith("'")
+    first = value.lstrip(" \t\r\n\u00a0\u3000")[:1]
+    if value[:1] in ("\t", "\r", "\n", "'") or first in ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff20"):
+        assert cell == "'" + value
+    else:
+        assert cell == value
 
 
 def test_export_has_the_exact_columns_formats_order_and_neutralised_cells(

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from kernel.cli import main
 from kernel.clock import ManualClock
 from kernel.db.connect import Database
-from kernel.errors import Conflict
+from kernel.errors import Conflict, InputError
 from kernel.export.packet import MAX_DISPUTED_KEYS, build_packet, parse_disputed_keys
 from kernel.export.verify import verify_packet
 from kernel.ledger import SigningKey
@@ -150,8 +150,10 @@ def test_a_good_packet_passes_every_check(packet: Path, signing_key: SigningKey)
     }
     assert manifest["key_id"] == signing_key.key_id and manifest["public_key"] == signing_key.public_key.hex()
     assert sorted(_read(packet)) == sorted(["VERIFY.md", "manifest.json", _csv_name(_read(packet))])
-    # Pinned to the key id instead of the key works too.
-    assert verify_packet(packet, trusted_keys=[signing_key.key_id]).ok
+    # A 64-bit key id names the key but does not pin it: refused as a usage error, before any check.
+    with pytest.raises(InputError) as refused:
+        verify_packet(packet, trusted_keys=[signing_key.key_id])
+    assert refused.value.code == "trusted_key_malformed"
 
 
 def test_one_byte_changed_in_the_csv(packet: Path) -> None:

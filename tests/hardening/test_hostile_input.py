@@ -36,7 +36,27 @@ SQL_PAYLOADS = (
     "$$; SELECT pg_sleep(10); $$",
     "Robert'); DELETE FROM invoice_snapshot;--",
 )
-FORMULAS = ('=HYPERLINK("http://evil.invalid","x")', "+1+1", "-2+3", "@SUM(A1)", "\tTAB", "\rCR", "'quoted")
+FORMULAS = (
+    '=HYPERLINK("http://evil.invalid","x")',
+    "+1+1",
+    "-2+3",
+    "@SUM(A1)",
+    "\tTAB",
+    "\rCR",
+    "'quoted",
+    # The bypasses the advisories list: blanks before the trigger, and fullwidth triggers.
+    ' =HYPERLINK("http://evil.invalid","x")',
+    "\u00a0+1+1",
+    "\n@SUM(A1)",
+    "\r\n-2+3",
+    " \t=1",
+    "\uff1dcmd|' /C calc'!A0",
+    "\u3000\uff0b1",
+    "\ufeff=1",
+)
+# What a spreadsheet skips before it looks for a formula, and what starts one (OWASP, fullwidth too).
+SPREADSHEET_BLANKS = " \t\r\n\u00a0\u3000\ufeff"
+SPREADSHEET_TRIGGERS = ("=", "+", "-", "@", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 
 @pytest.fixture
@@ -197,7 +217,8 @@ def test_csv_formula_payloads_are_neutralised_in_the_dispute_export(env: Any) ->
     assert len(rows) == 1 + len(FORMULAS)
     for row in rows[1:]:
         for cell in row:
-            assert cell[:1] not in ("=", "+", "-", "@", "\t", "\r"), f"formula cell exported live: {cell!r} in {row}"
+            live = cell.lstrip(SPREADSHEET_BLANKS)[:1] in SPREADSHEET_TRIGGERS or cell[:1] in ("\t", "\r", "\n")
+            assert not live, f"formula cell exported live: {cell!r} in {row}"
 
 
 def test_clock_skew_in_ts_never_moves_the_month(env: Any, owner_conn: psycopg.Connection[Any]) -> None:

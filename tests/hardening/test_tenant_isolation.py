@@ -45,6 +45,8 @@ def classify(method: str, path: str, op: dict[str, Any]) -> str:
         return "ingest"
     if path.startswith("/api/cron/"):
         return "cron"
+    if path.startswith("/api/billing/disputes"):
+        return "dispute"  # viewers may read: the full matrix is tests/disputes/test_routes.py
     if "site_id" in _params(op) and path.startswith("/api/billing/"):
         return "site"
     if path in PUBLIC_PATHS or (method == "GET" and not path.startswith("/api/cron/") and "site_id" not in _params(op)):
@@ -142,6 +144,23 @@ def test_denied_requests_are_denied_without_leaks_and_write_nothing(
                 if on_b.json().get("message") != on_unknown.json().get("message"):
                     failures.append(f"{path} {label}: B and an unknown site are told apart")
             check(f"{path} billing B on A", call(b.billing, str(a.site_id)), (403,), "billing_view_required")
+        elif kind == "dispute":
+            target = path.replace("{case_id}", str(uuid.uuid4()))
+            open_body = {"site_id": str(b.site_id), "year_month": month, "reason": "r", "customer_reference": "c"}
+            bodies = {"disputes": {**open_body, "whole_month": True}, "resolve": {"outcome": "rejected"}}
+            body = bodies.get(path.rsplit("/", 1)[-1], {"note": "n"}) if method == "POST" else None
+
+            def dispute(token: str | None, target: str = target, method: str = method, body: Any = body) -> Any:
+                headers = bearer(token) if token is not None else {}
+                params = {"site_id": str(b.site_id)} if method == "GET" else None
+                return client.request(method, target, params=params, json=body, headers=headers)
+
+            for label, token in (("no token", None), ("garbage", garbage), ("revoked billing A", a.revoked_billing)):
+                check(f"{method} {path} {label}", dispute(token), (401,))
+            for label in ("viewer A", "billing A", "admin A"):
+                check(
+                    f"{method} {path} {label} on B", dispute(tenant_credentials[label]), (403,), "billing_view_required"
+                )
         elif kind == "public":
             check(f"{method} {path} without credentials", client.request(method, path), (200,))
 
