@@ -16,7 +16,7 @@ from kernel.audit.charts import (
     stacked_daily_chart,
 )
 from kernel.audit.connect import AuditDB, ReadOnlyQuery, analyst_engine, analyst_url, connect_analyst, query
-from kernel.audit.display import Block, banner, figures_block, findings_block, table
+from kernel.audit.display import Block, banner, figures_block, findings_block, table, verification_banner
 from kernel.audit.findings import Finding, Severity, Verdict, findings_frame, verdict_of
 from kernel.audit.fleet import FleetAudit, audit_fleet, hard_cap_of, site_findings
 from kernel.audit.investigate import (
@@ -95,5 +95,6 @@ __all__ = [
     "table",
     "usage_by_reason",
     "verdict_of",
+    "verification_banner",
     "write_results",
 ]

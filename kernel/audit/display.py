@@ -27,6 +27,7 @@ __all__ = [
     "findings_block",
     "guide_of",
     "table",
+    "verification_banner",
 ]
 
 # One palette for banners, findings, index and charts (background, ink).
@@ -168,12 +169,21 @@ def _pill(kind: str, word: str) -> str:
 
 
 def banner(
-    *, title: str, subtitle: str, verdict: str, findings: Iterable[Finding], sentence: str | None = None
+    *,
+    title: str,
+    subtitle: str,
+    verdict: str,
+    findings: Iterable[Finding],
+    sentence: str | None = None,
+    word: str | None = None,
 ) -> Block:
-    """The verdict first, big and coloured, with the red flags (warn and fail findings) under it."""
+    """The verdict first, big and coloured, with the red flags (warn and fail findings) under it.
+
+    ``verdict`` picks the colour (pass, warn, fail, error, no_activity); ``word`` replaces its word.
+    """
     flags = sorted((f for f in findings if f.is_red_flag), key=lambda f: (_RANK[f.severity.value], f.code))
     background, ink = PALETTE.get(verdict, PALETTE["info"])
-    word = VERDICT_WORDS.get(verdict, verdict.upper())
+    word = word or VERDICT_WORDS.get(verdict, verdict.upper())
     lead = sentence or _VERDICT_SENTENCES.get(verdict, "")
     items = "".join(
         f'<li style="margin:.2rem 0">{_pill(f.severity.value, _SEVERITY_WORDS[f.severity.value])} '
@@ -267,3 +277,29 @@ def verdict_word(verdict: Verdict | str) -> str:
 
 def severity_order(severity: Severity) -> int:
     return _RANK[severity.value]
+
+
+_VERIFICATION = {
+    # verifier verdict -> (colour, word, sentence)
+    "pass": ("pass", "PASS", "Every check passed: the CSV is exactly the invoice snapshot signed by our pinned key."),
+    "unpinned": (
+        "warn",
+        "KEY NOT PINNED",
+        "Every check passed, but only against the key the packet carries: pin our published public key "
+        "(trusted_keys) to know who signed it.",
+    ),
+    "fail": ("fail", "FAIL", "A check failed: this evidence does not prove the invoice (see the checks below)."),
+}
+
+
+def verification_banner(manifest: Mapping[str, Any], verdict: str) -> Block:
+    """The dispute report's banner from the offline verifier's verdict (pass, unpinned or fail)."""
+    colour, word, sentence = _VERIFICATION.get(verdict, _VERIFICATION["fail"])
+    return banner(
+        title=f"{manifest.get('public_id', '')} {manifest['year_month']}",
+        subtitle=f"Dispute evidence · site {manifest['site_id']}",
+        verdict=colour,
+        word=word,
+        findings=[],
+        sentence=sentence,
+    )
