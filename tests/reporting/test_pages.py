@@ -33,12 +33,16 @@ def rendered(sample_db: Database, tmp_path: Path, chromium: str) -> Path:
         )
         assert not report.failed
     # The dispute packet's report.html is this notebook, rendered the same way.
+    with sample_db.connect("owner", autocommit=True) as conn:
+        row = conn.execute("SELECT public_key FROM signing_keys ORDER BY created_at LIMIT 1").fetchone()
+    assert row is not None
     packet = render_notebook(
         NOTEBOOKS_DIR / "dispute_evidence.ipynb",
         {
             "site": "demo-overage",
             "year_month": "2026-10",
             "disputed_keys": "",
+            "trusted_keys": str(row[0]),  # pinned, as a customer checking our published key would
             "database_url": sample_db.uri("analyst"),
         },
         tmp_path / "2026-10" / "packet",
