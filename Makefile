@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PYTEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
-.PHONY: help venv demo test lint fmt bench lab clean db-stop gate fuzz chaos
+.PHONY: help venv demo test lint fmt bench lab clean db-stop gate fuzz chaos screenshots
 
 help: ## List the tasks
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m kernel.reporting.kernelspec
 	@touch $(STAMP)
 
 venv: $(STAMP) ## Create the virtualenv with the pinned dependencies
@@ -45,11 +46,14 @@ bench: venv ## Run the benchmarks (not part of test); results in reports/bench/*
 	$(BIN)/python -m bench $(BENCH)
 
 lab: venv ## JupyterLab on notebooks/, as the read-only analyst role on the demo database
-	$(BIN)/python -m ipykernel install --sys-prefix --name revkernel --display-name "Python (revkernel)"
+	$(BIN)/python -m kernel.reporting.kernelspec
 	$(BIN)/revkernel db up
 	ANALYST_DATABASE_URL="$$($(BIN)/revkernel db url --role analyst)" \
 		$(BIN)/jupyter lab --notebook-dir=notebooks --ip=127.0.0.1 --no-browser \
 		$(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+
+screenshots: venv ## README pictures (fleet index, WARN report, investigate in JupyterLab) after make demo
+	$(BIN)/python -m kernel.reporting.screenshots
 
 gate: venv ## Release gate (runbook §3): tests, migration lint, invariants; evidence in reports/gate/
 	$(BIN)/revkernel gate

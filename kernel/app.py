@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 from litestar import Litestar, Request, get
-from litestar.openapi import OpenAPIConfig
 from psycopg_pool import AsyncConnectionPool
 
 from kernel import __version__
@@ -110,6 +109,9 @@ def route_handlers() -> list[Any]:
     from kernel.cron.routes import cron_handlers
 
     handlers += cron_handlers()
+    from kernel.openapi import docs_assets_router
+
+    handlers.append(docs_assets_router())
     return handlers
 
 
@@ -141,12 +143,16 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None) 
     from kernel.cron.scheduler import scheduler_hooks
 
     start_scheduler, stop_scheduler = scheduler_hooks(state)  # no-ops unless REVKERNEL_SCHEDULER=1
-    return Litestar(
+    from kernel.openapi import complete_document, openapi_config
+
+    app = Litestar(
         route_handlers=route_handlers(),
         on_startup=[open_pool, start_scheduler],
         on_shutdown=[stop_scheduler, close_ingest, close_pool],
         before_send=[stamp_headers(settings.commit)],
         exception_handlers=exception_handlers,
-        openapi_config=OpenAPIConfig(title="Revenue kernel", version=__version__),
+        openapi_config=openapi_config("Revenue kernel", __version__),
         state={"kernel": state},  # type: ignore[arg-type]
     )
+    complete_document(app)
+    return app

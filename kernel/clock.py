@@ -3,8 +3,10 @@
 ``SystemClock`` is production. ``ManualClock`` is for in-process tests. ``FileClock`` lets a demo or
 a test drive the time of a live server process: it reads an ISO-8601 UTC instant from a file and
 adds the wall time elapsed since that file was written, so time keeps flowing (events get distinct
-buckets) while the driver can jump a month ahead by rewriting the file. It is only used when
-``REVKERNEL_CLOCK=file:<path>`` is set explicitly; never set it in production.
+buckets) while the driver can jump a month ahead by rewriting the file. ``FrozenFileClock``
+(``file-frozen:<path>``) answers the file's instant exactly, with no wall time added, so what a
+driver sends gets the same timestamps on every machine and every run (the deterministic demo).
+Both are only used when ``REVKERNEL_CLOCK`` names them explicitly; never set it in production.
 
 ``OffsetClock`` (``REVKERNEL_CLOCK=offset:<seconds>``) is the system clock shifted by a fixed
 amount: a host whose clock is skewed, for fault tests and drills. Manual and file clocks are
@@ -24,6 +26,7 @@ from typing import Protocol
 __all__ = [
     "Clock",
     "FileClock",
+    "FrozenFileClock",
     "ManualClock",
     "OffsetClock",
     "SystemClock",
@@ -106,6 +109,22 @@ class FileClock:
         return base + timedelta(seconds=elapsed_s)
 
 
+class FrozenFileClock:
+    """Time = exactly the instant written in ``path`` (re-read whenever the file changes)."""
+
+    simulated = True
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._cache: tuple[int, datetime] | None = None
+
+    def now(self) -> datetime:
+        stat = os.stat(self.path)
+        if self._cache is None or self._cache[0] != stat.st_mtime_ns:
+            self._cache = (stat.st_mtime_ns, parse_utc(self.path.read_text(encoding="utf-8").strip()))
+        return self._cache[1]
+
+
 def write_clock_file(path: Path, instant: datetime) -> None:
     """Point every ``FileClock`` reading ``path`` at ``instant`` (atomically)."""
     tmp = path.with_suffix(".tmp")
@@ -114,13 +133,15 @@ def write_clock_file(path: Path, instant: datetime) -> None:
 
 
 def clock_from_spec(spec: str) -> Clock:
-    """Build a clock from ``system``, ``file:<path>`` or ``offset:<seconds>`` (``REVKERNEL_CLOCK``)."""
+    """Build a clock from ``system``, ``file:<path>``, ``file-frozen:<path>`` or ``offset:<seconds>``."""
     from kernel.errors import ConfigError
 
     if spec in ("", "system"):
         return SystemClock()
     if spec.startswith("file:"):
         return FileClock(Path(spec.removeprefix("file:")))
+    if spec.startswith("file-frozen:"):
+        return FrozenFileClock(Path(spec.removeprefix("file-frozen:")))
     if spec.startswith("offset:"):
         try:
             seconds = float(spec.removeprefix("offset:"))
@@ -129,7 +150,9 @@ def clock_from_spec(spec: str) -> Clock:
         if seconds != seconds or abs(seconds) == float("inf"):
             raise ConfigError(f"REVKERNEL_CLOCK=offset:<seconds> needs a number of seconds, not {spec!r}")
         return OffsetClock(timedelta(seconds=seconds))
-    raise ConfigError(f"REVKERNEL_CLOCK must be 'system', 'file:<path>' or 'offset:<seconds>', not {spec!r}")
+    raise ConfigError(
+        f"REVKERNEL_CLOCK must be 'system', 'file:<path>', 'file-frozen:<path>' or 'offset:<seconds>', not {spec!r}"
+    )
 
 
 def format_utc(instant: datetime) -> str:

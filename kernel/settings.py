@@ -11,11 +11,10 @@
 | `CRON_SECRET` | bearer secret of every cron endpoint | empty (every cron answers 403) |
 | `BILLING_ENABLED` | runbook rollback flag: `false` records every event non-billable | `true` |
 | `REVKERNEL_COMMIT` | deployed commit for `x-opsmantik-commit` | `git rev-parse HEAD`, else `unknown` |
-| `REVKERNEL_CLOCK` | `system`, or `file:<path>` for demos and tests (see `kernel.clock`) | `system` |
 | `REVKERNEL_TRUSTED_PROXIES` | proxy addresses/CIDRs (comma-separated) whose `X-Forwarded-For` counts | none |
 | `REVKERNEL_CLIENT_HASH_SECRET` | 64 hex, key of the client-address hash; the same on every host | a data-dir file |
 | `REVKERNEL_DISPUTE_HOLD_MAX_AGE_DAYS` | the watchtower reports dispute holds older than this (whole days > 0) | `30` |
-| `REVKERNEL_CLOCK` | `system`, or `file:<path>` / `offset:<seconds>` for demos and tests (`kernel.clock`) | `system` |
+| `REVKERNEL_CLOCK` | `system`; `file:`, `file-frozen:` or `offset:` for tests (`kernel.clock`) | `system` |
 | `REVKERNEL_LEDGER_TIMEOUT_S` | wait for the ledger statement, then resolve its outcome (`ingest.outcome`) | `5` |
 | `REVKERNEL_DEDUP_HORIZON_MONTHS` | months a cleaned-up client key stays a duplicate (≥ 13) | `13` |
 """

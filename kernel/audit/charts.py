@@ -8,15 +8,26 @@ deterministic for the same data.
 
 from __future__ import annotations
 
+import base64
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
-__all__ = ["Chart", "configure_display", "daily_volume_chart", "drift_chart", "quota_timeline_chart", "show"]
+from kernel.errors import KernelError
+
+__all__ = [
+    "Chart",
+    "configure_display",
+    "daily_volume_chart",
+    "drift_chart",
+    "quota_timeline_chart",
+    "show",
+    "stacked_daily_chart",
+]
 
 WIDTH_PX = 760
 HEIGHT_PX = 280
@@ -37,28 +48,51 @@ class Series:
 
 @dataclass(frozen=True)
 class Chart:
-    """An SVG chart; Jupyter displays it through ``_repr_svg_``."""
+    """An SVG chart, displayed as an ``<img>`` of the SVG in HTML plus the ``image/svg+xml`` itself.
+
+    JupyterLab renders SVG output only in trusted notebooks (a freshly opened one is not), and
+    otherwise falls back to the text. HTML output is rendered sanitised in any notebook and keeps
+    an image whose source is a ``data:`` URI (an SVG loaded as an image runs no script), so the
+    chart shows when the committed notebook is opened, in the offline report and in nbviewer.
+    """
 
     title: str
     svg: str = field(repr=False)
 
-    def _repr_svg_(self) -> str:
-        return self.svg
+    def data_uri(self) -> str:
+        return "data:image/svg+xml;base64," + base64.b64encode(self.svg.encode("utf-8")).decode("ascii")
+
+    def html(self) -> str:
+        alt = html.escape(self.title, quote=True)
+        return f'<img src="{self.data_uri()}" alt="{alt}" width="{WIDTH_PX}" style="max-width:100%;height:auto">'
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        return {"text/html": self.html(), "image/svg+xml": self.svg, "text/plain": f"[chart] {self.title}"}
 
 
-def _nice_ceiling(value: float) -> float:
-    if value <= 0:
-        return 1.0
-    exponent = math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
-        candidate = step * 10**exponent
-        if candidate >= value:
-            return float(candidate)
-    return float(10 ** (exponent + 1))
+# At most this many grid intervals on the value axis.
+MAX_TICK_INTERVALS = 6
 
 
-def _label(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
+def _nice_steps() -> Iterator[int]:
+    """1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, …: whole-number steps only."""
+    yield from (1, 2, 5)
+    exponent = 1
+    while True:
+        for step in (1, 2, 2.5, 5):
+            yield int(step * 10**exponent)
+        exponent += 1
+
+
+def _axis(low: float, high: float) -> tuple[float, float, list[int]]:
+    """(bottom, top, ticks): whole-number ticks, every value of the data inside (events are counts)."""
+    low, high = min(low, 0.0), max(high, 1.0)
+    for step in _nice_steps():
+        bottom, top = math.floor(low / step) * step, math.ceil(high / step) * step
+        if (top - bottom) / step <= MAX_TICK_INTERVALS:
+            count = int((top - bottom) // step)
+            return float(bottom), float(top), [int(bottom + step * k) for k in range(count + 1)]
+    raise AssertionError("unreachable: the steps grow without bound")
 
 
 def _render(
@@ -76,8 +110,7 @@ def _render(
     plot_w, plot_h = WIDTH_PX - _LEFT - _RIGHT, HEIGHT_PX - _TOP - _BOTTOM
     stacked = [sum(float(s.values[i] or 0) for s in bars) for i in range(len(categories))]
     points = [float(v) for s in lines for v in s.values if v is not None] + [h[2] for h in hlines]
-    top = _nice_ceiling(max([*stacked, *points, 0.0]) * 1.05)
-    bottom = -_nice_ceiling(-min([*points, 0.0]) * 1.05) if min([*points, 0.0]) < 0 else 0.0
+    bottom, top, ticks = _axis(min([*points, 0.0]), max([*stacked, *points, 0.0]))
 
     def y(value: float) -> float:
         return _TOP + plot_h * (top - value) / (top - bottom)
@@ -92,11 +125,10 @@ def _render(
         f'<rect width="{WIDTH_PX}" height="{HEIGHT_PX}" fill="#ffffff"/>',
         f'<text x="{_LEFT}" y="20" font-size="14" font-weight="bold" fill="{_INK}">{html.escape(title)}</text>',
     ]
-    for k in range(5):
-        value = bottom + (top - bottom) * k / 4
-        gy = y(value)
+    for tick in ticks:
+        gy = y(tick)
         out.append(f'<line x1="{_LEFT}" x2="{_LEFT + plot_w}" y1="{gy:.1f}" y2="{gy:.1f}" stroke="{_GRID}"/>')
-        out.append(f'<text x="{_LEFT - 6}" y="{gy + 4:.1f}" text-anchor="end" fill="{_INK}">{_label(value)}</text>')
+        out.append(f'<text x="{_LEFT - 6}" y="{gy + 4:.1f}" text-anchor="end" fill="{_INK}">{tick:,}</text>')
     step = max(1, math.ceil(n / 16))
     for i, name in enumerate(categories):
         if i % step == 0:
@@ -172,9 +204,20 @@ def _ints(column: pd.Series[Any]) -> tuple[float | None, ...]:
 
 def daily_volume_chart(daily: pd.DataFrame, *, title: str = "Daily volume (UTC)") -> Chart:
     """Stacked bars per day: accepted, overage, rejected, non-billable."""
-    bars = [Series(name.replace("_", "-"), color, _ints(daily[name])) for name, color in _COLORS.items()]
+    return stacked_daily_chart(daily, {name: name.replace("_", "-") for name in _COLORS}, title=title)
+
+
+def stacked_daily_chart(daily: pd.DataFrame, columns: dict[str, str], *, title: str) -> Chart:
+    """Stacked bars per day of ``daily`` (a ``day`` column, ``YYYY-MM-DD``), one bar part per column.
+
+    ``columns`` maps a column to its legend label; the colours are the audit's (``billable``
+    takes the accepted colour), so the dispute packet's report looks like the monthly audit.
+    """
+    palette = {**_COLORS, "billable": _COLORS["accepted"]}
+    bars = [Series(label, palette.get(name, _INK), _ints(daily[name])) for name, label in columns.items()]
     days = [str(d)[8:10] for d in daily["day"]]
-    return _render(title, days, bars=bars, x_label="day of month", y_label="events")
+    note = "" if len(daily) else "no rows"
+    return _render(title, days, bars=bars, x_label="day of month", y_label="events", note=note)
 
 
 def quota_timeline_chart(timeline: pd.DataFrame, *, title: str = "Quota timeline") -> Chart:
@@ -218,13 +261,33 @@ DISPLAY_MAX_ROWS = 60
 
 
 def configure_display() -> None:
-    """pandas display options for audit notebooks (full messages, at most DISPLAY_MAX_ROWS rows shown)."""
+    """Display settings of an audit notebook: pandas options, and the kernel's errors as one line.
+
+    pandas shows whole finding messages and at most DISPLAY_MAX_ROWS rows; a ``KernelError`` raised
+    in a cell (a bad month, an unknown site, a write on the read-only connection) prints
+    ``error: … [code]`` instead of a traceback, as the CLI does. The cell still fails.
+    """
     pd.set_option("display.max_colwidth", DISPLAY_MAX_COLWIDTH)
     pd.set_option("display.max_rows", DISPLAY_MAX_ROWS)
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - IPython comes with ipykernel
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.set_custom_exc((KernelError,), _one_line_error)
+
+
+def _one_line_error(shell: Any, etype: Any, value: BaseException, tb: Any, tb_offset: Any = None) -> list[str]:
+    import sys
+
+    line = f"error: {value.message} [{value.code}]" if isinstance(value, KernelError) else str(value)
+    print(line, file=sys.stderr)
+    return [line]
 
 
 def show(chart: Chart) -> None:
-    """Display ``chart`` inline (SVG markup in the notebook and in the HTML report)."""
-    from IPython.display import SVG, display
+    """Display ``chart`` inline (see ``Chart``: HTML image plus SVG, text for terminals)."""
+    from IPython.display import display
 
-    display(SVG(data=chart.svg))  # type: ignore[no-untyped-call]
+    display(chart)  # type: ignore[no-untyped-call]

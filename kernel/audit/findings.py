@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-__all__ = ["Finding", "Severity", "Verdict", "findings_frame", "verdict_of"]
+__all__ = ["NO_ACTIVITY_CODE", "Finding", "Severity", "Verdict", "findings_frame", "verdict_of"]
 
 
 class Severity(StrEnum):
@@ -19,9 +19,16 @@ class Severity(StrEnum):
 
 
 class Verdict(StrEnum):
+    """``no_activity``: nothing to judge (no ledger row); never shown as PASS."""
+
     PASS = "pass"  # noqa: S105 (a verdict, not a password)
     WARN = "warn"
     FAIL = "fail"
+    NO_ACTIVITY = "no_activity"
+
+
+# The finding that says a site-month has no ledger row at all (kernel.audit.fleet).
+NO_ACTIVITY_CODE = "no_activity"
 
 
 _RANK = {Severity.INFO: 0, Severity.WARN: 1, Severity.FAIL: 2}
@@ -56,8 +63,12 @@ class Finding:
 
 
 def verdict_of(findings: Iterable[Finding]) -> Verdict:
-    """``fail`` if any finding fails, ``warn`` if any warns, else ``pass`` (info never changes it)."""
-    worst = max((_RANK[f.severity] for f in findings), default=0)
+    """``fail`` if any finding fails, ``warn`` if any warns; else ``no_activity`` for an empty
+    month and ``pass`` otherwise (info never changes it)."""
+    found = list(findings)
+    worst = max((_RANK[f.severity] for f in found), default=0)
+    if worst == 0 and any(f.code == NO_ACTIVITY_CODE for f in found):
+        return Verdict.NO_ACTIVITY
     return {0: Verdict.PASS, 1: Verdict.WARN, 2: Verdict.FAIL}[worst]
 
 

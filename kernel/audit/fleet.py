@@ -19,6 +19,7 @@ import pandas as pd
 import psycopg
 
 from kernel.audit import queries
+from kernel.audit.connect import AuditDB, pg_connection
 from kernel.audit.findings import Finding, Severity, Verdict, verdict_of
 from kernel.audit.snapshots import SnapshotCheck, check_snapshot, feed_leaf
 from kernel.clock import Clock, SystemClock, format_utc
@@ -174,7 +175,7 @@ def _recompute_roots(conn: psycopg.Connection[Any], params: dict[str, Any]) -> d
 
 
 def audit_fleet(
-    conn: psycopg.Connection[Any],
+    conn: AuditDB,
     year_month: str,
     *,
     site_ids: Sequence[str | uuid.UUID] | None = None,
@@ -199,8 +200,9 @@ def audit_fleet(
     }
     now = (clock or SystemClock()).now()
     params["stale_before"] = now - OUTBOX_STALE_AFTER
-    records = _fetch_metrics(conn, params)
-    builders = _recompute_roots(conn, params)
+    with pg_connection(conn) as pg:
+        records = _fetch_metrics(pg, params)
+        builders = _recompute_roots(pg, params)
     month_closed = now >= month_end
     snapshots: dict[str, SnapshotCheck] = {}
     findings: list[Finding] = []

@@ -177,6 +177,8 @@ LEFT JOIN LATERAL (
 ) prev ON true
 LEFT JOIN ledger_archive arc ON arc.site_id = s.id AND arc.year_month = %(year_month)s
 WHERE {_SITE_FILTER}
+  -- A site created after the month, with nothing recorded in it, did not exist in that month.
+  AND (s.created_at < %(month_end)s OR l.site_id IS NOT NULL OR u.site_id IS NOT NULL OR snap.id IS NOT NULL)
 ORDER BY s.public_id
 """
 
@@ -221,7 +223,8 @@ ORDER BY d.day
 
 DRIFT_HISTORY = """
 SELECT to_char(checked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') AS checked_at,
-       ledger_billable, counter_billable, redis_billable, counter_drift, redis_drift, corrected
+       ledger_billable, counter_billable, redis_billable, counter_drift, redis_drift, corrected,
+       count(*) OVER () AS total_rows
 FROM reconciliation_drift_log
 WHERE site_id = %(site_id)s AND year_month = %(year_month)s
 ORDER BY checked_at, id
@@ -229,6 +232,7 @@ LIMIT %(limit)s
 """
 
 OUTBOX_PROBLEMS = """
+SELECT problem, idempotency_key, created_at, count(*) OVER () AS total_rows FROM (
 SELECT 'accepted_without_outbox' AS problem, l.idempotency_key,
        to_char(l.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at
 FROM ingest_idempotency l
@@ -249,6 +253,7 @@ WHERE o.site_id = %(site_id)s AND o.created_at >= %(month_start)s AND o.created_
   AND NOT EXISTS (
       SELECT 1 FROM ingest_idempotency l WHERE l.site_id = o.site_id AND l.idempotency_key = o.idempotency_key
   )
+) problems
 ORDER BY 1, 3, 2
 LIMIT %(limit)s
 """
@@ -264,7 +269,8 @@ ORDER BY i.year_month
 LEDGER_ROWS = """
 SELECT idempotency_key,
        to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') AS created_at,
-       billable, billing_state, billing_reason, event_category, event_action, event_label
+       billable, billing_state, billing_reason, event_category, event_action, event_label,
+       count(*) OVER () AS total_rows
 FROM ingest_idempotency
 WHERE site_id = %(site_id)s AND year_month = %(year_month)s
   AND (%(billing_state)s::text IS NULL OR billing_state = %(billing_state)s::text)

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
-import psycopg
 
 from kernel.audit import queries
+from kernel.audit.connect import AuditDB, pg_connection, read_frame, read_limited
+from kernel.audit.display import Block, banner, figures_block, findings_block, table
 from kernel.audit.findings import Finding, Verdict, findings_frame, verdict_of
 from kernel.audit.fleet import METRIC_COLUMNS, audit_fleet, hard_cap_of
 from kernel.audit.results import write_results
 from kernel.audit.snapshots import SnapshotCheck
 from kernel.clock import Clock
+from kernel.errors import NotFound
 from kernel.months import month_bounds, parse_year_month
 from kernel.tenants import Site, resolve_site
 
@@ -23,7 +26,9 @@ __all__ = [
     "SiteMonthAudit",
     "audit_site_month",
     "daily_volume",
+    "drift_block",
     "drift_history",
+    "outbox_block",
     "outbox_problems",
     "plan_and_mode",
     "quota_timeline",
@@ -40,6 +45,7 @@ AREA_CODES: dict[str, frozenset[str]] = {
             "counter_missing",
             "counter_drift_logged",
             "redis_drift_logged",
+            "no_activity",
         }
     ),
     "snapshot": frozenset(
@@ -55,16 +61,14 @@ AREA_CODES: dict[str, frozenset[str]] = {
             "snapshot_chain_broken",
             "signing_key_unknown",
             "signature_invalid",
+            "no_activity",
         }
     ),
 }
 # Rows a notebook table shows at most (drift history, outbox problems, ledger rows).
 MAX_TABLE_ROWS = 500
-
-
-def _frame(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> pd.DataFrame:
-    cur = conn.execute(query, params)
-    return pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description or ()])
+# Outbox rows the monthly audit lists under its one-sentence summary (the rest is counted).
+OUTBOX_SHOWN_ROWS = 20
 
 
 def _month_params(site: Site, year_month: str) -> dict[str, Any]:
@@ -88,14 +92,14 @@ def plan_and_mode(site: Site) -> pd.DataFrame:
     return pd.DataFrame({"value": list(rows.values())}, index=pd.Index(list(rows), name="plan"))
 
 
-def usage_by_reason(conn: psycopg.Connection[Any], site: Site, year_month: str) -> pd.DataFrame:
+def usage_by_reason(conn: AuditDB, site: Site, year_month: str) -> pd.DataFrame:
     """Events by billing state, billable flag and reason."""
-    return _frame(conn, queries.USAGE_BY_REASON, _month_params(site, year_month))
+    return read_frame(conn, queries.USAGE_BY_REASON, _month_params(site, year_month))
 
 
-def daily_volume(conn: psycopg.Connection[Any], site: Site, year_month: str) -> pd.DataFrame:
+def daily_volume(conn: AuditDB, site: Site, year_month: str) -> pd.DataFrame:
     """Every day of the month (UTC): accepted, overage, rejected and non-billable events."""
-    frame = _frame(conn, queries.DAILY_VOLUME, _month_params(site, year_month))
+    frame = read_frame(conn, queries.DAILY_VOLUME, _month_params(site, year_month))
     for column in ("accepted", "overage", "rejected", "non_billable"):
         frame[column] = frame[column].astype("int64")
     return frame
@@ -116,24 +120,52 @@ def quota_timeline(daily: pd.DataFrame, site: Site) -> pd.DataFrame:
     )
 
 
-def snapshot_chain(conn: psycopg.Connection[Any], site: Site) -> pd.DataFrame:
+def snapshot_chain(conn: AuditDB, site: Site) -> pd.DataFrame:
     """Every snapshot of the site in month order, with whether each links to the one before."""
-    frame = _frame(conn, queries.SNAPSHOT_CHAIN, {"site_id": site.id})
+    frame = read_frame(conn, queries.SNAPSHOT_CHAIN, {"site_id": site.id})
     return frame
 
 
-def drift_history(
-    conn: psycopg.Connection[Any], site: Site, year_month: str, *, limit: int = MAX_TABLE_ROWS
-) -> pd.DataFrame:
-    """Every reconcile result for the site-month: ledger vs counter vs Redis, before correction."""
-    return _frame(conn, queries.DRIFT_HISTORY, {**_month_params(site, year_month), "limit": limit})
+def drift_history(conn: AuditDB, site: Site, year_month: str, *, limit: int = MAX_TABLE_ROWS) -> pd.DataFrame:
+    """Every reconcile result for the site-month: ledger vs counter vs Redis, before correction.
+
+    At most ``limit`` rows; ``frame.attrs["total_rows"]`` says how many there are in all.
+    """
+    return read_limited(conn, queries.DRIFT_HISTORY, {**_month_params(site, year_month), "limit": limit})
 
 
-def outbox_problems(
-    conn: psycopg.Connection[Any], site: Site, year_month: str, *, limit: int = MAX_TABLE_ROWS
-) -> pd.DataFrame:
-    """Billable rows without an outbox row, unpublished outbox rows, outbox rows without a ledger row."""
-    return _frame(conn, queries.OUTBOX_PROBLEMS, {**_month_params(site, year_month), "limit": limit})
+def outbox_problems(conn: AuditDB, site: Site, year_month: str, *, limit: int = MAX_TABLE_ROWS) -> pd.DataFrame:
+    """Billable rows without an outbox row, unpublished outbox rows, outbox rows without a ledger row.
+
+    At most ``limit`` rows; ``frame.attrs["total_rows"]`` says how many there are in all.
+    """
+    return read_limited(conn, queries.OUTBOX_PROBLEMS, {**_month_params(site, year_month), "limit": limit})
+
+
+def drift_block(conn: AuditDB, site: Site, year_month: str) -> Block:
+    """The drift history as a table that says when it is cut."""
+    frame = drift_history(conn, site, year_month)
+    return table(frame, total_rows=frame.attrs["total_rows"], empty="No reconcile run logged for this month.")
+
+
+def outbox_block(conn: AuditDB, audit: SiteMonthAudit) -> Block:
+    """Outbox integrity in one sentence, then the rows concerned (the table says when it is cut)."""
+    frame = outbox_problems(conn, audit.site, audit.year_month, limit=OUTBOX_SHOWN_ROWS)
+    total = int(frame.attrs["total_rows"])
+    m = audit.metrics
+    missing, orphans = int(m["accepted_without_outbox"]), int(m["outbox_without_ledger"])
+    waiting = total - missing - orphans
+    parts = [
+        f"{missing:,} accepted row(s) without an outbox row",
+        f"{orphans:,} outbox row(s) without a ledger row",
+        f"{max(waiting, 0):,} outbox row(s) not published yet"
+        + ("" if m["relay_active"] else " (no sink configured: the outbox table is the queue)"),
+    ]
+    sentence = "; ".join(parts) + "."
+    rows = table(
+        frame, total_rows=total, empty="Every accepted row has its outbox row and every outbox row its ledger row."
+    )
+    return Block(f"<p>{html.escape(sentence)}</p>{rows.html}", f"{sentence}\n{rows.text}")
 
 
 @dataclass(frozen=True)
@@ -162,8 +194,49 @@ class SiteMonthAudit:
         return [f for f in self.findings if f.code in codes]
 
     def findings_table(self, area: str | None = None) -> pd.DataFrame:
-        table: pd.DataFrame = findings_frame(self.findings_in(area))
-        return table
+        frame: pd.DataFrame = findings_frame(self.findings_in(area))
+        return frame
+
+    def verdict_in(self, area: str | None = None) -> Verdict:
+        return verdict_of(self.findings_in(area))
+
+    def banner(self, kind: str, area: str | None = None) -> Block:
+        """The verdict and red flags first: what a finance analyst reads at a glance."""
+        return banner(
+            title=f"{self.site.name} ({self.site.public_id})",
+            subtitle=f"{kind} · {self.year_month} · billing mode {self.site.billing_mode}",
+            verdict=self.verdict_in(area).value,
+            findings=self.findings_in(area),
+        )
+
+    def figures(self) -> dict[str, str]:
+        """The month's figures in words: billable, overage, rejected, non-billable, snapshot, drift."""
+        m = self.metrics
+        snapshot = {"verified": "verified", "failed": "FAILED", "missing": "none"}.get(self.snapshot.status, "?")
+        if self.snapshot.status == "missing" and any(f.code == "month_open" for f in self.findings):
+            snapshot = "month open"
+        drifts = int(m["counter_drift_checks"])
+        return {
+            "billable (invoiced)": f"{int(m['billable_count']):,}",
+            "of which overage": f"{int(m['overage_count']):,}",
+            "rejected (never billed)": f"{int(m['rejected_count']):,}",
+            "non-billable": f"{int(m['non_billable_count']):,}",
+            "duplicates blocked": f"{int(m['dedup_count']):,}",
+            "snapshot": snapshot,
+            "counter drift": "none" if drifts == 0 else f"{drifts} run(s), at most {int(m['max_abs_counter_drift'])}",
+        }
+
+    def figures_block(self) -> Block:
+        return figures_block(self.figures())
+
+    def findings_block(self, area: str | None = None) -> Block:
+        return findings_block(self.findings_in(area))
+
+    def counters_block(self) -> Block:
+        return table(self.counters_table().reset_index())
+
+    def snapshot_block(self) -> Block:
+        return table(self.snapshot_table().reset_index())
 
     def write_results(self, results_path: str, *, notebook: str, area: str | None = None) -> dict[str, Any]:
         """Write the notebook's JSON sidecar (nothing when ``results_path`` is empty) and return it."""
@@ -222,9 +295,7 @@ class SiteMonthAudit:
         return out
 
 
-def audit_site_month(
-    conn: psycopg.Connection[Any], site: str | Site, year_month: str, *, clock: Clock | None = None
-) -> SiteMonthAudit:
+def audit_site_month(conn: AuditDB, site: str | Site, year_month: str, *, clock: Clock | None = None) -> SiteMonthAudit:
     """Audit one site-month: the fleet audit restricted to this site (same SQL, same rules).
 
     Args:
@@ -233,7 +304,16 @@ def audit_site_month(
         year_month: The ``YYYY-MM`` month.
         clock: Decides whether the month is over.
     """
-    resolved = site if isinstance(site, Site) else resolve_site(conn, site)
+    if isinstance(site, Site):
+        resolved = site
+    else:
+        with pg_connection(conn) as pg:
+            resolved = resolve_site(pg, site)
     fleet = audit_fleet(conn, year_month, site_ids=[resolved.id], clock=clock)
     sid = str(resolved.id)
+    if not fleet.records:
+        raise NotFound(
+            f"site {resolved.public_id} did not exist in {year_month}: created later, nothing recorded that month",
+            code="site_not_in_month",
+        )
     return SiteMonthAudit(resolved, year_month, fleet.record_of(sid), fleet.snapshots[sid], fleet.findings_of(sid))

@@ -13,9 +13,13 @@ from kernel.clock import clock_from_spec
 from kernel.cron.jobs import run_named
 from kernel.cron.runs import CRON_NAMES, CronContext
 from kernel.cron.scheduler import Scheduler
-from kernel.errors import KernelError
+from kernel.errors import InputError, KernelError
 
-__all__ = ["register"]
+__all__ = ["DRY_RUN_CRONS", "YEAR_MONTH_CRONS", "register"]
+
+# The crons that take each option (the same ones whose HTTP endpoints take ?dry_run / ?year_month).
+DRY_RUN_CRONS = ("idempotency-cleanup",)
+YEAR_MONTH_CRONS = ("invoice-freeze",)
 
 
 @click.group("cron")
@@ -25,14 +29,22 @@ def cron_group() -> None:
 
 @cron_group.command("run")
 @click.argument("name", type=click.Choice(CRON_NAMES))
-@click.option("--year-month", default=None, help="invoice-freeze: the month to freeze (default: previous month).")
-@click.option("--dry-run", is_flag=True, help="idempotency-cleanup: change nothing, list what would go.")
+@click.option("--year-month", default=None, help="invoice-freeze only: the month to freeze (default: previous month).")
+@click.option("--dry-run", is_flag=True, help="idempotency-cleanup only: change nothing, list what would go.")
 @pass_cli
 def cron_run(cli: CliContext, name: str, year_month: str | None, dry_run: bool) -> None:
     """Run one cron now (recorded in cron_runs, under the cron's lock); prints its JSON result.
 
-    Exits non-zero when the run failed (the JSON still says why).
+    Exits non-zero when the run failed (the JSON still says why). An option the cron cannot honour
+    is refused before anything runs, never silently ignored.
     """
+    if dry_run and name not in DRY_RUN_CRONS:
+        raise InputError(
+            f"--dry-run is not supported by {name}: only {', '.join(DRY_RUN_CRONS)} can run without changing anything",
+            code="dry_run_unsupported",
+        )
+    if year_month is not None and name not in YEAR_MONTH_CRONS:
+        raise InputError(f"--year-month applies to {', '.join(YEAR_MONTH_CRONS)} only", code="option_unsupported")
     ctx = CronContext(cli.settings, clock_from_spec(cli.settings.clock), cli.db, trigger="cli")
     result = run_named(ctx, name, year_month=year_month, dry_run=dry_run)
     echo_json(result)

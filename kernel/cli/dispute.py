@@ -51,6 +51,11 @@ def dispute_group() -> None:
     "--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Packet zip to write."
 )
 @click.option("--no-report", is_flag=True, help="Skip the rendered notebook report (no Jupyter kernel needed).")
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="Keep the packet when a disputed key is not in the month's ledger (answered not_in_ledger).",
+)
 @pass_cli
 def packet(
     cli: CliContext,
@@ -60,8 +65,13 @@ def packet(
     case_id: str | None,
     out: Path,
     no_report: bool,
+    allow_missing: bool,
 ) -> None:
-    """Assemble the evidence packet of a frozen site-month (or of a case) and verify it before writing it."""
+    """Assemble the evidence packet of a frozen site-month (or of a case) and verify it before writing it.
+
+    A disputed key that is not in the month's ledger is usually a typo or the wrong month: the
+    command warns, removes the packet and exits non-zero, unless ``--allow-missing`` is given.
+    """
     if case_id is not None:
         result = case_packet(cli, case_id, out=out, render_report=not no_report, other=(site_ref, year_month, keys))
     elif site_ref is None or year_month is None:
@@ -86,6 +96,20 @@ def packet(
     if result.report_verdict is not None:
         click.echo(f"  report verdict: {result.report_verdict}")
     click.echo(f"  self-check: {'PASS' if result.verification.ok else 'FAIL'}")
+    missing = [e["idempotency_key"] for e in result.manifest["disputed"] if e["status"] == "not_in_ledger"]
+    if missing:
+        click.echo(
+            f"warning: {len(missing)} disputed key(s) not in the {result.manifest['year_month']} ledger: "
+            f"{', '.join(missing)}",
+            err=True,
+        )
+        if not allow_missing:
+            result.path.unlink(missing_ok=True)
+            raise InputError(
+                f"packet not kept: {len(missing)} disputed key(s) are not in the month "
+                "(check the keys and the month, or pass --allow-missing)",
+                code="disputed_key_not_in_month",
+            )
 
 
 def _shown(text: str) -> str:

@@ -70,6 +70,7 @@ def gate_command(skip_tests: bool, reports_dir: Path, pytest_args: tuple[str, ..
     type=click.Path(file_okay=False, path_type=Path),
     default=PROJECT_ROOT / "reports",
     show_default=True,
+    help="Where reports/smoke/<timestamp>.json goes.",
 )
 @pass_cli
 def smoke_command(
@@ -82,7 +83,7 @@ def smoke_command(
     reports_dir: Path,
 ) -> None:
     """Post-deploy smoke (runbook §5) against a live instance, on a dedicated smoke site."""
-    from kernel.release.smoke import SmokeOptions, run_smoke
+    from kernel.release.smoke import SmokeOptions, failure_lines, run_smoke
 
     _quiet_http_logs()
 
@@ -97,6 +98,8 @@ def smoke_command(
     results = run_smoke(options, Database(settings))
     click.echo(render_table(results))
     if not all(r.passed for r in results):
+        for line in failure_lines(results):
+            click.echo(line, err=True)
         click.echo("smoke FAILED: roll back (runbook §6)", err=True)
         raise SystemExit(EXIT_FAILED)
     click.echo("smoke passed")
@@ -110,6 +113,7 @@ def smoke_command(
     type=click.Path(file_okay=False, path_type=Path),
     default=PROJECT_ROOT / "reports",
     show_default=True,
+    help="Where reports/chaos/<timestamp>.json and the server log go.",
 )
 def chaos_command(clients: int, duration_s: float, reports_dir: Path) -> None:
     """Chaos drill: load with retries while a worker, PostgreSQL, Redis and the sink fail."""

@@ -92,7 +92,11 @@ def site_group() -> None:
     help="H = floor(L * this), with --soft-limit.",
 )
 @click.option(
-    "--rate-limit-per-minute", type=click.IntRange(min=1), default=2000, show_default=True, help="Events per minute."
+    "--rate-limit-per-minute",
+    type=click.IntRange(min=1),
+    default=2000,
+    show_default=True,
+    help="Events per minute before 429 rate_limited (a batch counts each of its events).",
 )
 @click.option(
     "--client-rate-limit-per-minute",
@@ -101,9 +105,21 @@ def site_group() -> None:
     show_default=True,
     help="Events per minute per client address (public ingest only).",
 )
-@click.option("--billing-mode", type=click.Choice(BILLING_MODES), default="enforce", show_default=True)
+@click.option(
+    "--billing-mode",
+    type=click.Choice(BILLING_MODES),
+    default="enforce",
+    show_default=True,
+    help="enforce: quota applies; shadow: decisions recorded, never rejected; off: nothing billable.",
+)
 @click.option("--public-id", default=None, help="Public id the trackers send as `s` (default: generated).")
-@click.option("--ingest-auth", type=click.Choice(INGEST_AUTHS), default="key", show_default=True)
+@click.option(
+    "--ingest-auth",
+    type=click.Choice(INGEST_AUTHS),
+    default="key",
+    show_default=True,
+    help="key: Bearer ingest key required; public: keyless trackers from an allowed origin.",
+)
 @click.option(
     "--allowed-origin",
     "allowed_origins",

@@ -1,4 +1,4 @@
-"""Demo step "crons": freeze the closed demo months, reconcile, relay, clean up, watch, and print
+"""Demo step "crons": reconcile, freeze the closed demo months, relay, clean up, watch, and print
 each site's snapshot (counts, Merkle root, snapshot hash, signing key id).
 
 The crons run on a fixed demo instant one hour after the last demo month ends, so the snapshot
@@ -33,17 +33,19 @@ def run_cron_demo(run: DemoRun) -> None:
 
     clock = ManualClock(month_bounds(DEMO_MONTHS[-1])[1] + DEMO_CRON_DELAY)
     ctx = CronContext(run.settings, clock, run.db, trigger="cli", history_clock=SystemClock())
+    # Reconcile before freezing: reconcile only recounts unfrozen months, and the demo month's
+    # drift report should show real reconcile runs.
+    reconcile = run_named(ctx, "reconcile-usage")
+    run.echo(
+        f"reconcile-usage: enqueued {reconcile['enqueued']}, processed {reconcile['processed']}, "
+        f"completed {reconcile['completed']}, failed {reconcile['failed']}"
+    )
     for year_month in DEMO_MONTHS:  # in order: each snapshot chains to the month before
         frozen = run_named(ctx, "invoice-freeze", year_month=year_month)
         run.echo(
             f"invoice-freeze {year_month}: frozen {frozen['frozen']}, already frozen {frozen['already_frozen']}"
             + ("" if frozen["ok"] else f"  FAILED: {frozen.get('errors')}")
         )
-    reconcile = run_named(ctx, "reconcile-usage")
-    run.echo(
-        f"reconcile-usage: enqueued {reconcile['enqueued']}, processed {reconcile['processed']}, "
-        f"completed {reconcile['completed']}, failed {reconcile['failed']}"
-    )
     relay = run_named(ctx, "publish-outbox")
     run.echo(
         f"publish-outbox: sink {relay['sink']}, published {relay['published']}, pending {relay['pending']}"

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -179,8 +179,10 @@ def _leaves_counting(rows: Iterable[tuple[str, str, str, bool]], tally: list[int
             tally[3] += 1
 
 
-def freeze_month(ctx: CronContext, year_month: str | None = None) -> CronResult:
-    """Freeze every site with activity in a closed month (default: the clock's previous month).
+def freeze_month(
+    ctx: CronContext, year_month: str | None = None, *, site_ids: Sequence[str] | None = None
+) -> CronResult:
+    """Freeze every site (or only ``site_ids``) with activity in a closed month (default: the previous one).
 
     Returns the SPEC §4.2 body ``{"ok", "year_month", "frozen", "already_frozen"}``, plus
     ``failed`` and ``errors`` when a site could not be frozen (then ``ok`` is false).
@@ -192,6 +194,7 @@ def freeze_month(ctx: CronContext, year_month: str | None = None) -> CronResult:
     now = ctx.clock.now()
     month = parse_year_month(year_month) if year_month else previous_year_month(now)
     require_closed(month, now)
+    only = None if site_ids is None else [uuid.UUID(str(s)) for s in site_ids]
     key = load_signing_key(ctx.settings)
     with ctx.db.connect("app", autocommit=True) as conn:
         db_now = conn.execute("SELECT clock_timestamp()").fetchone()
@@ -204,11 +207,12 @@ def freeze_month(ctx: CronContext, year_month: str | None = None) -> CronResult:
             for row in conn.execute(
                 """
                 SELECT s.id FROM sites s
-                WHERE EXISTS (SELECT 1 FROM ingest_idempotency i WHERE i.site_id = s.id AND i.year_month = %s)
-                   OR EXISTS (SELECT 1 FROM site_usage_monthly u WHERE u.site_id = s.id AND u.year_month = %s)
+                WHERE (EXISTS (SELECT 1 FROM ingest_idempotency i WHERE i.site_id = s.id AND i.year_month = %s)
+                   OR EXISTS (SELECT 1 FROM site_usage_monthly u WHERE u.site_id = s.id AND u.year_month = %s))
+                  AND (%s::uuid[] IS NULL OR s.id = ANY(%s::uuid[]))
                 ORDER BY s.id
                 """,
-                (month, month),
+                (month, month, only, only),
             ).fetchall()
         ]
     frozen = already = 0

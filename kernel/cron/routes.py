@@ -81,13 +81,13 @@ async def cron_watchtower(request: Request[Any, Any, Any]) -> Json:
     return _answer(result, _WATCHTOWER_KEYS, failure_status=503)
 
 
-@route("/api/cron/reconcile-usage", http_method=["GET", "POST"], tags=["cron"])
+@route("/api/cron/reconcile-usage", http_method=["GET", "POST"], tags=["cron"], status_code=200)
 async def cron_reconcile(request: Request[Any, Any, Any]) -> Json:
     """One cycle: arm a job for every unfrozen site-month, then run the pending jobs."""
     return await _run(request, lambda ctx: run_named(ctx, "reconcile-usage"), ("ok", "enqueued", *_RUN_KEYS[1:]))
 
 
-@route("/api/cron/reconcile-usage/enqueue", http_method=["GET", "POST"], tags=["cron"])
+@route("/api/cron/reconcile-usage/enqueue", http_method=["GET", "POST"], tags=["cron"], status_code=200)
 async def cron_reconcile_enqueue(request: Request[Any, Any, Any]) -> Json:
     """Arm (or re-arm) a PENDING job for every unfrozen site-month."""
     return await _run(request, lambda ctx: run_cron(ctx, "reconcile-usage", enqueue), ("ok", "enqueued"))
@@ -109,9 +109,13 @@ async def cron_reconcile_backfill(request: Request[Any, Any, Any]) -> Json:
 async def cron_invoice_freeze(
     request: Request[Any, Any, Any],
     year_month: str | None = Parameter(default=None, description="YYYY-MM; default: the previous month"),
+    site_id: str | None = Parameter(default=None, description="freeze only this site (UUID); default: every site"),
 ) -> Json:
     """Snapshot a closed month: ``{"ok", "year_month", "frozen", "already_frozen"}``; open month → 409."""
-    return await _run(request, lambda ctx: run_named(ctx, "invoice-freeze", year_month=year_month), _FREEZE_KEYS)
+    only = None if site_id is None else [site_id]
+    return await _run(
+        request, lambda ctx: run_named(ctx, "invoice-freeze", year_month=year_month, site_ids=only), _FREEZE_KEYS
+    )
 
 
 @post("/api/cron/idempotency-cleanup", tags=["cron"], status_code=200)

@@ -16,7 +16,7 @@ from kernel.demo.guard import check_demo_target
 from kernel.demo.tenants import CREDENTIALS_FILE, DEMO_SITES, DemoTenants, credential_name, ensure_demo_tenants
 from kernel.settings import Settings
 
-__all__ = ["DEMO_SITES", "DemoRun", "demo_steps", "run_demo"]
+__all__ = ["DEMO_SITES", "DemoRun", "closing_notes", "demo_steps", "run_demo"]
 
 Echo = Callable[[str], None]
 
@@ -127,5 +127,18 @@ def run_demo(settings: Settings, echo: Echo, *, force: bool = False) -> DemoRun:
     for note in run.notes:
         echo(note)
     echo(f"connect with psql: psql '{run.db.uri('owner')}'")
-    echo("next: `make test` runs the suite; `.venv/bin/revkernel --help` lists every command")
+    for line in closing_notes(settings):
+        echo(line)
     return run
+
+
+def closing_notes(settings: Settings) -> list[str]:
+    """The demo's last lines: what keeps running and how to stop it, what to do next."""
+    notes = []
+    if settings.embedded:
+        notes.append(
+            f"the embedded PostgreSQL keeps running (data in {settings.pg_data_dir}); "
+            "stop it with `make db-stop` (= `.venv/bin/revkernel db stop`)"
+        )
+    notes.append("next: `make test` runs the suite; `.venv/bin/revkernel --help` lists every command")
+    return notes

@@ -1,7 +1,9 @@
 """Demo step "traffic": the four demo sites send two closed months of events through real HTTP.
 
-A live ``revkernel serve`` (a uvicorn subprocess on a free port) runs on a ``FileClock``
-(``REVKERNEL_CLOCK=file:<data dir>/demo-clock.txt``); the driver moves that clock from day to day
+A live ``revkernel serve`` (a uvicorn subprocess on a free port) runs on a ``FrozenFileClock``
+(``REVKERNEL_CLOCK=file-frozen:<data dir>/demo-clock.txt``: every event of a step gets the step's
+instant, whatever the machine's speed, so two demos give the same ledger byte for byte); the
+driver moves that clock from day to day
 of 2026-09 and 2026-10 and sends, per day, each site's events in tracker batches. The traffic is a
 fixed script (seeded, ids derived from names), and each site sends its requests one after the
 other, so every quota position — hence every ledger row's state — is the same on every run:
@@ -136,7 +138,7 @@ class _DemoServer:
         env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
         env.update(
             REVKERNEL_DATA_DIR=str(data_dir),
-            REVKERNEL_CLOCK=f"file:{clock_path}",
+            REVKERNEL_CLOCK=f"file-frozen:{clock_path}",
             REVKERNEL_METRICS_DIR=str(data_dir / "demo-prometheus"),
             REVKERNEL_REDIS_PREFIX=f"rk-demo-{uuid.uuid4().hex[:12]}",
         )

@@ -62,6 +62,8 @@ PROBE_QUOTA_RATE_PER_MINUTE = 1000
 PROBE_RATE_PER_MINUTE = 1
 PROBE_RATE_ATTEMPTS = 5
 RECONCILE_MAX_RUNS = 5
+# A failed check's detail is one line of a terminal table, never a raw dump.
+BRIEF_MAX_CHARS = 200
 EXPORT_COLUMNS = (
     "idempotency_key,created_at,year_month,billable,billing_state,billing_reason,"
     "event_category,event_action,event_label,payload_hash,idempotency_version"
@@ -188,8 +190,21 @@ def _status(response: httpx.Response, expected: int) -> None:
     expect(
         response.status_code == expected,
         f"{response.request.method} {response.request.url.path}: expected {expected}, "
-        f"got {response.status_code} {response.text[:160]!r}",
+        f"got {response.status_code} {_answer_words(response)}",
     )
+
+
+def _answer_words(response: httpx.Response) -> str:
+    """What an answer says, in a few words: its error code(s), else the start of its text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return repr(response.text[:80])
+    if isinstance(body, dict):
+        words = [str(body[k]) for k in ("status", "error", "code") if isinstance(body.get(k), str)]
+        if words:
+            return "(" + "/".join(dict.fromkeys(words)) + ")"
+    return "(a JSON body without an error code)"
 
 
 def _retry_after_s(response: httpx.Response) -> int:
@@ -222,12 +237,12 @@ def probe_cron_auth(client: httpx.Client, secret: str) -> str:
             body = _json(response)
             expect(
                 body.get("error") == "forbidden" and body.get("code") == CRON_FORBIDDEN_CODE,
-                f"{path} with {label}: body must be forbidden/{CRON_FORBIDDEN_CODE}, got {body}",
+                f"{path} with {label}: body must be forbidden/{CRON_FORBIDDEN_CODE}, got {_brief(body)}",
             )
     response = cron_post(client, RECONCILE_RUN_PATH, secret)
     _status(response, 200)
     body = _json(response)
-    expect(body.get("ok") is True and "processed" in body, f"reconcile run body lacks ok/processed: {body}")
+    expect(body.get("ok") is True and "processed" in body, f"reconcile run body lacks ok/processed: {_brief(body)}")
     return f"403 x6 without the secret; reconcile run 200 processed={body['processed']}"
 
 
@@ -346,7 +361,7 @@ def probe_reconciliation(client: httpx.Client, conn: psycopg.Connection[Any], t:
         run = cron_post(client, RECONCILE_RUN_PATH, secret)
         _status(run, 200)
         body = _json(run)
-        expect(body.get("ok") is True, f"reconcile run reported failure: {body}")
+        expect(body.get("ok") is True, f"reconcile run reported failure: {_brief(body)}")
         rows = [
             r for r in conn.execute(RUNBOOK_RECONCILIATION_SQL, (t.quota_site_id,)).fetchall() if r[1] == year_month
         ]
@@ -389,35 +404,66 @@ def probe_dispute_export(client: httpx.Client, conn: psycopg.Connection[Any], t:
 
 
 def probe_invoice_freeze(client: httpx.Client, conn: psycopg.Connection[Any], t: ProbeTenants, secret: str) -> str:
-    """Runbook §5.5: freeze answers ok + frozen, re-running changes nothing, an open month is refused."""
-    before = conn.execute("SELECT count(*) FROM invoice_snapshot").fetchone()
-    first = cron_post(client, FREEZE_PATH, secret)
+    """Runbook §5.5 on the smoke sites only: freeze answers ok, re-running changes nothing, an open
+    month is refused, and no other tenant's month is frozen by the smoke (``?site_id=``)."""
+    # Freezes done over HTTP (the smoke's own trigger) of any other site; a scheduler running in
+    # the instance freezes as ``cron:scheduler`` and is not the smoke's doing.
+    others_sql = (
+        "SELECT count(*) FROM audit_log WHERE action = 'invoice_freeze' AND actor = 'cron:http' AND site_id <> ALL(%s)"
+    )
+    mine = [t.quota_site_id, t.rate_site_id]
+    before = conn.execute(others_sql, (mine,)).fetchone()
+    first = cron_post(client, FREEZE_PATH, secret, site_id=str(t.quota_site_id))
     _status(first, 200)
     body = _json(first)
-    expect(body.get("ok") is True and isinstance(body.get("frozen"), int), f"freeze body: {body}")
-    after_first = conn.execute("SELECT count(*) FROM invoice_snapshot").fetchone()
-    again = cron_post(client, FREEZE_PATH, secret)
+    expect(body.get("ok") is True and isinstance(body.get("frozen"), int), f"freeze body: {_brief(body)}")
+    again = cron_post(client, FREEZE_PATH, secret, site_id=str(t.quota_site_id))
     _status(again, 200)
     body_again = _json(again)
-    expect(body_again.get("frozen") == 0, f"re-running the freeze froze again: {body_again}")
-    after_again = conn.execute("SELECT count(*) FROM invoice_snapshot").fetchone()
-    expect(after_first == after_again, "re-running the freeze wrote snapshots")
+    expect(body_again.get("frozen") == 0, f"re-running the freeze froze again: {_brief(body_again)}")
     row = ledger_row(conn, t.quota_site_id, t.event_id("first"))
     if row is not None:
-        open_month = cron_post(client, FREEZE_PATH, secret, year_month=str(row["year_month"]))
+        open_month = cron_post(
+            client, FREEZE_PATH, secret, site_id=str(t.quota_site_id), year_month=str(row["year_month"])
+        )
         _status(open_month, 409)
-    assert before is not None and after_first is not None
-    return f"{body['year_month']}: frozen {body['frozen']}, re-run frozen 0; open month 409"
+    after = conn.execute(others_sql, (mine,)).fetchone()
+    expect(
+        before == after,
+        f"the smoke froze other tenants' months: {before[0] if before else 0} → {after[0] if after else 0}",
+    )
+    return f"{body['year_month']} (smoke site only): frozen {body['frozen']}, re-run frozen 0; open month 409"
+
+
+def _check_line(name: str, check: dict[str, Any]) -> str:
+    """``crons alarm (overdue: idempotency-cleanup)``: a watchtower check and what it names."""
+    named = [f"{k}: {', '.join(map(str, v))}" for k, v in sorted(check.items()) if isinstance(v, list) and v]
+    return f"{name} {check.get('status')}" + (f" ({'; '.join(named)})" if named else "")
+
+
+def _brief(body: dict[str, Any]) -> str:
+    """One line of a cron answer: its scalar fields, never a nested dump."""
+    parts = [f"{k}={v}" for k, v in sorted(body.items()) if isinstance(v, str | int | float | bool) or v is None]
+    return ", ".join(parts)[:BRIEF_MAX_CHARS]
 
 
 def probe_watchtower(client: httpx.Client, secret: str) -> str:
     """Runbook §4.1 B.2: the watchtower answers 200 ok with its checks."""
     response = cron_get(client, WATCHTOWER_PATH, secret)
     body = _json(response)
+    found = body.get("checks")
+    checks: dict[str, Any] = found if isinstance(found, dict) else {}
+    red = sorted(
+        _check_line(name, check)
+        for name, check in checks.items()
+        if isinstance(check, dict) and check.get("status") not in ("ok", "degraded")
+    )
     expect(
         response.status_code == 200,
-        f"watchtower {response.status_code} status={body.get('status')} checks={body.get('checks')}",
+        f"watchtower {response.status_code} "
+        + (str(body["status"]) if isinstance(body.get("status"), str) else _answer_words(response))
+        + (f": {', '.join(red)}" if red else ""),
     )
-    expect(body.get("ok") is True and body.get("status") in ("ok", "degraded"), f"watchtower body: {body}")
-    expect(isinstance(body.get("checks"), dict), "watchtower body lacks its checks")
+    expect(body.get("ok") is True and body.get("status") in ("ok", "degraded"), f"watchtower body: {_brief(body)}")
+    expect(bool(checks), "watchtower body lacks its checks")
     return f"status {body['status']}, {len(body['checks'])} checks"

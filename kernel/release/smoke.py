@@ -22,9 +22,11 @@ from kernel.release import probes
 from kernel.release.checks import CheckResult, run_check
 from kernel.release.evidence import write_evidence
 
-__all__ = ["SMOKE_CHECKS", "SmokeOptions", "run_smoke"]
+__all__ = ["SMOKE_CHECKS", "SmokeOptions", "failure_lines", "run_smoke"]
 
 REQUEST_TIMEOUT_S = 30.0
+# A failure summary line stays readable in a terminal or a CI log.
+FAILURE_LINE_CHARS = 200
 SMOKE_CHECKS = (
     "commit header",
     "cron auth",
@@ -104,6 +106,16 @@ def run_smoke(
         meta: dict[str, Any] = {"url": options.url, "commit": _commit_of(results)}
         write_evidence("smoke", results, meta, options.reports_dir, clock.now())
     return results
+
+
+def failure_lines(results: list[CheckResult]) -> list[str]:
+    """One line per failed check, ``FAIL <check>: <what went wrong>``, for the end of the output."""
+    lines = []
+    for r in results:
+        if not r.passed:
+            first = (r.detail.strip().splitlines() or ["failed"])[0]
+            lines.append(f"FAIL {r.name}: {first[:FAILURE_LINE_CHARS]}")
+    return lines
 
 
 def _bound(check: Callable[[probes.ProbeTenants], str], tenants: probes.ProbeTenants) -> Callable[[], str]:

@@ -1,4 +1,4 @@
-"""Demo step "reports": render the demo month's monthly audits and print the index path."""
+"""Demo step "reports": render the demo month's three reports for every site and print the index path."""
 
 from __future__ import annotations
 
@@ -15,26 +15,34 @@ __all__ = ["DEMO_REPORT_MONTH", "render_demo_reports"]
 
 # The demo traffic covers 2026-09 and 2026-10, both closed and frozen; October has the stories.
 DEMO_REPORT_MONTH = "2026-10"
+# The index links every site's three reports.
+DEMO_REPORT_KINDS = ("monthly", "drift", "verify")
 
 
 def render_demo_reports(run: DemoRun) -> Path:
-    """Render the monthly audit of every site for the demo month; return the index path.
+    """Render the monthly audit, drift and snapshot verification of every site for the demo month.
 
-    Reports go to ``REVKERNEL_REPORTS_DIR`` when set, else ``<project>/reports``.
+    Reports go to ``REVKERNEL_REPORTS_DIR`` when set, else ``<project>/reports``; returns the index.
     """
     out_root = Path(run.settings.extra.get("REVKERNEL_REPORTS_DIR") or PROJECT_ROOT / "reports")
-    report = run_fleet_report(
-        kind="monthly",
-        year_month=DEMO_REPORT_MONTH,
-        database_url=run.db.uri("analyst"),
-        out_root=out_root,
-    )
-    counts = ", ".join(f"{k} {v}" for k, v in report.counts().items() if v)
-    run.echo(f"reports: monthly audit {DEMO_REPORT_MONTH} for {len(report.outcomes)} site(s): {counts}")
-    for outcome in report.outcomes:
-        flags = ", ".join(outcome.red_flags) or "-"
-        run.echo(f"  {outcome.verdict:<5} {outcome.public_id:<14} {flags}")
+    failed = 0
+    report = None
+    for kind in DEMO_REPORT_KINDS:
+        report = run_fleet_report(
+            kind=kind,
+            year_month=DEMO_REPORT_MONTH,
+            database_url=run.db.uri("analyst"),
+            out_root=out_root,
+        )
+        counts = ", ".join(f"{k} {v}" for k, v in report.counts().items() if v)
+        run.echo(f"reports: {kind} {DEMO_REPORT_MONTH} for {len(report.outcomes)} site(s): {counts}")
+        if kind == "monthly":
+            for outcome in report.outcomes:
+                flags = ", ".join(outcome.red_flags) or "-"
+                run.echo(f"  {outcome.verdict:<5} {outcome.public_id:<14} {flags}")
+        failed += len(report.failed)
+    assert report is not None
     run.echo(f"reports: index {report.index_path.resolve()}")
-    if report.failed:
-        raise ReportFailed(f"{len(report.failed)} demo report(s) failed to render; see {report.summary_path}")
+    if failed:
+        raise ReportFailed(f"{failed} demo report(s) failed to render; see {report.summary_path}")
     return report.index_path

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,8 @@ from kernel.audit import FleetAudit, audit_fleet, connect_analyst
 from kernel.clock import Clock
 from kernel.errors import InputError, KernelError
 from kernel.months import parse_year_month
-from kernel.reporting.index import write_index
+from kernel.reporting import queries
+from kernel.reporting.index import adjacent_months, write_index
 from kernel.reporting.render import DEFAULT_EXECUTION_TIMEOUT_S, NotebookFailed, render_notebook
 from kernel.settings import PROJECT_ROOT
 from kernel.tenants import resolve_site
@@ -95,7 +97,7 @@ class FleetReport:
         return [o for o in self.outcomes if o.status != "rendered"]
 
     def counts(self) -> dict[str, int]:
-        out = {"pass": 0, "warn": 0, "fail": 0, "error": 0}
+        out = {"pass": 0, "warn": 0, "fail": 0, "error": 0, "no_activity": 0}
         for outcome in self.outcomes:
             out[outcome.verdict] = out.get(outcome.verdict, 0) + 1
         return out
@@ -228,6 +230,7 @@ def run_fleet_report(
     with connect_analyst(url) as conn:
         site_ids = _select_sites(conn, sites)
         fleet = audit_fleet(conn, year_month, site_ids=site_ids, clock=clock)
+        previous = _billable_by_site(conn, adjacent_months(year_month)[0], site_ids)
     month_dir = out_root / year_month
     kind_dir = month_dir / kind
     notebook = NOTEBOOKS_DIR / NOTEBOOKS[kind]
@@ -262,11 +265,30 @@ def run_fleet_report(
                     on_outcome(outcome)
                 bar.update(1)
     report.outcomes.sort(key=lambda o: o.public_id)
-    _write_summary(report, fleet)
+    _write_summary(report, fleet, previous)
     return report
 
 
-def _write_summary(report: FleetReport, fleet: FleetAudit) -> None:
+def _billable_by_site(conn: Any, year_month: str, site_ids: Sequence[str] | None) -> dict[str, int]:
+    params = {"year_month": year_month, "site_ids": None if site_ids is None else [uuid.UUID(s) for s in site_ids]}
+    return {str(r[0]): int(r[1]) for r in conn.execute(queries.BILLABLE_BY_SITE, params).fetchall()}
+
+
+def _figures(record: dict[str, Any], fleet: FleetAudit, previous: dict[str, int]) -> dict[str, Any]:
+    """The index's per-site figures: the month's counts, snapshot and drift, the previous month's billable."""
+    sid = str(record["site_id"])
+    check = fleet.snapshots[sid]
+    snapshot = {"verified": "verified", "failed": "FAILED", "missing": "none"}.get(check.status, check.status)
+    figures: dict[str, Any] = {
+        key: int(record[key])
+        for key in ("billable_count", "overage_count", "rejected_count", "non_billable_count", "dedup_count")
+    }
+    figures.update(snapshot=snapshot, drift_checks=int(record["counter_drift_checks"]))
+    figures["previous_billable_count"] = previous.get(sid)
+    return figures
+
+
+def _write_summary(report: FleetReport, fleet: FleetAudit, previous: dict[str, int]) -> None:
     """Merge this kind into ``summary.json`` (other kinds of the month are kept) and rewrite the index."""
     report.out_dir.mkdir(parents=True, exist_ok=True)
     summary: dict[str, Any] = {}
@@ -282,6 +304,7 @@ def _write_summary(report: FleetReport, fleet: FleetAudit) -> None:
             "billing_mode": str(r["billing_mode"]),
             "verdict": v,
             "findings": [f.to_json() for f in fleet.findings_of(str(r["site_id"])) if f.is_red_flag],
+            "figures": _figures(r, fleet, previous),
         }
         for r, v in zip(fleet.records, fleet.verdicts()["verdict"], strict=True)
     }

@@ -225,9 +225,9 @@ def test_counter_tampered_and_missing(owner_conn: psycopg.Connection[Any], analy
 def test_site_filter_and_unknown_month(sample_ids: dict[str, uuid.UUID], analyst: psycopg.Connection[Any]) -> None:
     only = audit_fleet(analyst, "2026-10", site_ids=[sample_ids["demo-off"]], clock=AFTER_OCTOBER)
     assert [r["public_id"] for r in only.records] == ["demo-off"]
+    # The sample's sites were created after 2025-01 and recorded nothing in it: not in its report.
     empty = audit_fleet(analyst, "2025-01", clock=AFTER_OCTOBER)
-    assert {f.code for f in empty.findings} == {"no_activity"}
-    assert set(empty.verdicts()["verdict"]) == {"pass"}
+    assert empty.records == [] and empty.findings == []
     from kernel.errors import InputError
 
     with pytest.raises(InputError):
@@ -237,3 +237,24 @@ def test_site_filter_and_unknown_month(sample_ids: dict[str, uuid.UUID], analyst
 def test_analyst_connection_is_read_only(sample_ids: dict[str, uuid.UUID], analyst: psycopg.Connection[Any]) -> None:
     with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
         analyst.execute("UPDATE site_usage_monthly SET event_count = 0")
+
+
+def test_an_empty_month_is_no_activity_never_pass(
+    sample_ids: dict[str, uuid.UUID], owner_conn: psycopg.Connection[Any], analyst: psycopg.Connection[Any]
+) -> None:
+    # The sample's sites existed in 2026-11 (created before it ended) but recorded nothing in it.
+    owner_conn.execute("UPDATE sites SET created_at = '2026-08-01T00:00:00Z'")
+    fleet = audit_fleet(analyst, "2026-11", clock=ManualClock(datetime(2026, 12, 2, tzinfo=UTC)))
+    assert sorted(r["public_id"] for r in fleet.records) == sorted(sample_ids)
+    assert set(fleet.verdicts()["verdict"]) == {"no_activity"}
+    one = audit_site_month(analyst, "demo-off", "2026-11", clock=ManualClock(datetime(2026, 12, 2, tzinfo=UTC)))
+    assert one.verdict.value == "no_activity" and one.verdict_in("drift").value == "no_activity"
+    assert "NO ACTIVITY" in one.banner("Monthly audit").html and "PASS" not in one.banner("Monthly audit").html
+    # A site created after a month, with nothing in it, is not in that month at all.
+    late = new_site(owner_conn, "born-late")
+    owner_conn.execute("UPDATE sites SET created_at = '2026-12-01T12:00:00Z' WHERE id = %s", (late,))
+    assert "born-late" not in [r["public_id"] for r in audit_fleet(analyst, "2026-11").records]
+    from kernel.errors import NotFound
+
+    with pytest.raises(NotFound, match="did not exist in 2026-11"):
+        audit_site_month(analyst, "born-late", "2026-11")

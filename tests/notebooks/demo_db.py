@@ -11,8 +11,9 @@ from kernel.db.urls import role_conninfo
 
 def create_demo_database(server: str, name: str, data_dir: Path) -> str:
     """Load the real `make demo` data into a fresh database ``name``: the demo tenants, their two
-    months of traffic over real HTTP (a live `revkernel serve`), then the demo's crons (freeze,
-    reconcile, relay, watchtower). Returns its owner conninfo."""
+    months of traffic over real HTTP (a live `revkernel serve`), then the demo's crons (reconcile,
+    freeze, relay, watchtower) and its support case. Returns its owner conninfo: the same database
+    as `make demo` leaves, so the golden outputs hold on it."""
     from kernel.db.connect import Database
     from kernel.demo import DemoRun, demo_steps
     from kernel.settings import Settings
@@ -26,4 +27,8 @@ def create_demo_database(server: str, name: str, data_dir: Path) -> str:
     steps = dict(demo_steps())
     for step in ("database", "tenants", "traffic", "crons"):
         steps[step](run)
+    # The support case of `make demo` (a credit on demo-overage 2026-10), its packet kept with the data.
+    from kernel.demo.disputes import run_case_demo
+
+    run_case_demo(run, packet_dir=data_dir / "disputes")
     return owner

@@ -23,6 +23,8 @@ NOTEBOOKS = [
     for name in ("monthly_audit", "reconciliation_drift", "snapshot_verification", "investigate", "dispute_evidence")
 ]
 EXECUTION_TIMEOUT_S = 300
+sys.path.insert(0, str(ROOT))
+from kernel.reporting.kernelspec import KERNEL_DISPLAY_NAME, KERNEL_SPEC_NAME  # noqa: E402
 
 
 def strip_volatile(nb: object) -> None:
@@ -35,6 +37,8 @@ def strip_volatile(nb: object) -> None:
     metadata.pop("papermill", None)
     metadata.pop("widgets", None)
     metadata["language_info"] = {"name": "python"}
+    # The kernel `make lab` installs (and JupyterLab and a plain `pytest --nbval` start).
+    metadata["kernelspec"] = {"display_name": KERNEL_DISPLAY_NAME, "language": "python", "name": KERNEL_SPEC_NAME}
 
 
 def regenerate(database_url: str) -> None:

@@ -31,7 +31,7 @@ def test_monthly_fleet_report_flags_bad_sites(sample_db: Database, tmp_path: Pat
     assert {o.public_id: o.verdict for o in report.outcomes} == EXPECTED
     summary = json.loads(report.summary_path.read_text())
     assert {k: v["verdict"] for k, v in summary["sites"].items()} == EXPECTED
-    assert summary["runs"]["monthly"]["counts"] == {"pass": 2, "warn": 1, "fail": 1, "error": 0}
+    assert summary["runs"]["monthly"]["counts"] == {"pass": 2, "warn": 1, "fail": 1, "error": 0, "no_activity": 0}
     flags = {k: {f["code"] for f in v["findings"]} for k, v in summary["sites"].items()}
     assert "retry_storm" in flags["demo-hardcap"]  # the hard-capped site's retry storm
     assert "counter_mismatch" in flags["demo-overage"]  # the tampered counter
@@ -39,7 +39,19 @@ def test_monthly_fleet_report_flags_bad_sites(sample_db: Database, tmp_path: Pat
     for public_id in EXPECTED:
         link = summary["sites"][public_id]["reports"]["monthly"]["html"]
         assert (report.out_dir / link).exists() and f'href="{link}"' in index
-    assert "counter_mismatch" in index and "<script" not in index
+    assert "counter_mismatch" in index
+    assert "<script src" not in index and "http" not in index.split("<body>")[1]  # nothing from the network
+    # The figures behind the index, and the month-over-month change against September.
+    hardcap = summary["sites"]["demo-hardcap"]["figures"]
+    with sample_db.connect("owner", autocommit=True) as conn:
+        september = conn.execute(
+            "SELECT count(*) FROM ingest_idempotency i JOIN sites s ON s.id = i.site_id"
+            " WHERE s.public_id = 'demo-hardcap' AND i.year_month = '2026-09' AND i.billable"
+        ).fetchone()
+    assert september is not None and hardcap["previous_billable_count"] == september[0]
+    assert hardcap["billable_count"] == 400 and hardcap["snapshot"] == "verified"
+    change = f"{400 - september[0]:+,} ({(400 - september[0]) * 100 / september[0]:+.0f}%)"
+    assert change in index
 
 
 @pytest.mark.slow
