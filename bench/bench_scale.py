@@ -274,7 +274,8 @@ def _checkpoint(out: dict[str, Any]) -> None:
 
 def _sizes(owner: str, ledger_rows: int) -> dict[str, Any]:
     """Table + indexes on disk for every table of the schema, and per million rows."""
-    with psycopg.connect(owner) as conn:
+    with psycopg.connect(owner, autocommit=True) as conn:
+        conn.execute("ANALYZE")  # row counts of the small tables too (reltuples, sampled)
         rows = conn.execute(
             """
             SELECT c.relname, c.reltuples::bigint, pg_relation_size(c.oid), pg_indexes_size(c.oid),
