@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from bench import bench_export, bench_freeze, bench_ingest
 from bench.context import BenchContext
@@ -74,6 +75,7 @@ from kernel.tenants.keys import hash_secret
 
 PARTIAL = Path(__file__).resolve().parent.parent / "reports" / "bench" / "scale.partial.json"
 DEFAULT_ROWS = 50_000_000
+EXACT_COUNT_BELOW_ROWS = 1_000_000  # sizes: tables under this many (estimated) rows are counted
 DEFAULT_SITES = 10_000
 FROZEN_MONTHS = MONTHS[:2]
 FLEET_MONTH = MONTHS[1]
@@ -275,7 +277,7 @@ def _checkpoint(out: dict[str, Any]) -> None:
 def _sizes(owner: str, ledger_rows: int) -> dict[str, Any]:
     """Table + indexes on disk for every table of the schema, and per million rows."""
     with psycopg.connect(owner, autocommit=True) as conn:
-        conn.execute("ANALYZE")  # row counts of the small tables too (reltuples, sampled)
+        # No ANALYZE here: fresh statistics of the tiny tables would change the plans step's plans.
         rows = conn.execute(
             """
             SELECT c.relname, c.reltuples::bigint, pg_relation_size(c.oid), pg_indexes_size(c.oid),
@@ -299,7 +301,11 @@ def _sizes(owner: str, ledger_rows: int) -> dict[str, Any]:
     for name, tuples, heap, index, total in rows:
         if total < mib:
             continue
-        count = max(int(tuples), 0)
+        count = int(tuples)
+        if count < EXACT_COUNT_BELOW_ROWS:  # never analysed (-1), or small enough to count
+            with psycopg.connect(owner) as conn:
+                row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(name))).fetchone()
+            count = int(row[0]) if row else 0
         tables[name] = {
             "rows": count,
             "table_mib": round(heap / mib, 1),
