@@ -38,7 +38,7 @@ fmt: venv ## Format the code with ruff
 	$(BIN)/ruff format kernel tests
 	$(BIN)/ruff check --fix kernel tests
 
-bench: venv ## Run the benchmarks (not part of test); results in reports/bench/*.json
+bench: venv ## Run the benchmarks (not part of test; BENCH=name for one, BENCH=scale is opt-in); reports/bench/*.json
 	@# The ingest benchmark drives HTTP with wrk (a Debian package); install it when we can.
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq wrk >/dev/null); } || \

@@ -32,6 +32,7 @@ from kernel.export.csv import export_copy_statement
 from kernel.export.packet import build_packet
 from kernel.export.verify import verify_packet
 from kernel.ledger import SigningKey
+from kernel.settings import Settings
 from kernel.tenants import create_site, issue_key
 
 ROWS = 1_000_000
@@ -72,7 +73,7 @@ def _previous_rule(column: str) -> sql.Composable:
     return sql.SQL(_PREVIOUS_RULE).format(c=sql.Identifier(column))
 
 
-def _psql_rows_per_s(conninfo: str, statement: Any, params: tuple[Any, ...]) -> float:
+def _psql_rows_per_s(conninfo: str, statement: Any, params: tuple[Any, ...], rows: int = ROWS) -> float:
     """The rawest COPY: the server's psql client writing the CSV to /dev/null."""
     from kernel.db import embedded
 
@@ -88,11 +89,11 @@ def _psql_rows_per_s(conninfo: str, statement: Any, params: tuple[Any, ...]) -> 
             stdout=subprocess.DEVNULL,
             check=True,
         )
-        best = max(best, ROWS / (time.perf_counter() - started))
+        best = max(best, rows / (time.perf_counter() - started))
     return best
 
 
-def _copy_rows_per_s(conninfo: str, statement: Any, params: tuple[Any, ...]) -> tuple[float, int]:
+def _copy_rows_per_s(conninfo: str, statement: Any, params: tuple[Any, ...], rows: int = ROWS) -> tuple[float, int]:
     best, size = 0.0, 0
     for _ in range(RUNS):
         with psycopg.connect(conninfo, autocommit=True) as conn, conn.cursor() as cur:
@@ -101,7 +102,7 @@ def _copy_rows_per_s(conninfo: str, statement: Any, params: tuple[Any, ...]) -> 
             with cur.copy(statement, params) as copy:
                 for data in copy:
                     size += len(data)
-            best = max(best, ROWS / (time.perf_counter() - started))
+            best = max(best, rows / (time.perf_counter() - started))
     return best, size
 
 
@@ -137,7 +138,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _http_export(url: str, params: dict[str, str], headers: dict[str, str], pid: int) -> dict[str, Any]:
+def _http_export(
+    url: str, params: dict[str, str], headers: dict[str, str], pid: int, rows: int = ROWS
+) -> dict[str, Any]:
     best_rate, peak_growth, size, lines = 0.0, 0, 0, 0
     with httpx.Client(timeout=600) as client:
         # Warm-up: imports, pool, first query plans (not measured).
@@ -156,10 +159,62 @@ def _http_export(url: str, params: dict[str, str], headers: dict[str, str], pid:
             elapsed = time.perf_counter() - started
             sampler.stop.set()
             sampler.join()
-            assert lines == ROWS + 1, lines  # header + every row (no label holds a newline)
-            best_rate = max(best_rate, ROWS / elapsed)
+            assert lines == rows + 1, lines  # header + every row (no label holds a newline)
+            best_rate = max(best_rate, rows / elapsed)
             peak_growth = max(peak_growth, sampler.peak - baseline)
     return {"rows_per_s": round(best_rate), "rss_growth_mb": round(peak_growth / 2**20, 1), "bytes": size}
+
+
+def export_figures(settings: Settings, site_id: uuid.UUID, token: str, year_month: str, rows: int) -> dict[str, Any]:
+    """The dispute export of one site-month of ``rows`` rows over HTTP against raw COPY, same run.
+
+    Also used by ``bench_scale`` for the biggest month of its big ledger.
+    """
+    app_url = Database(settings).conninfo("app")
+    plain_rate, plain_bytes = _copy_rows_per_s(app_url, _PLAIN_COPY, (site_id, year_month), rows)
+    formatted_rate, _ = _copy_rows_per_s(app_url, export_copy_statement(), (site_id, year_month), rows)
+    psql_rate = _psql_rows_per_s(app_url, _PLAIN_COPY, (site_id, year_month), rows)
+    baseline = max(plain_rate, psql_rate)  # the faster raw COPY is the bar
+
+    port = _free_port()
+    server = _serve(settings.database_url or "", settings.data_dir, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            try:
+                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("uvicorn did not become ready")
+            time.sleep(0.1)
+        http = _http_export(
+            url,
+            {"site_id": str(site_id), "year_month": year_month},
+            {"Authorization": f"Bearer {token}"},
+            server.pid,
+            rows,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    ratio = http["rows_per_s"] / baseline
+    return {
+        "copy_plain_rows_per_s": round(plain_rate),
+        "copy_psql_rows_per_s": round(psql_rate),
+        "copy_baseline_rows_per_s": round(baseline),
+        "copy_plain_bytes": plain_bytes,
+        "copy_export_statement_rows_per_s": round(formatted_rate),
+        "http_rows_per_s": http["rows_per_s"],
+        "http_bytes": http["bytes"],
+        "http_vs_copy_ratio": round(ratio, 3),
+        "http_vs_copy_goal": RATIO_GOAL,
+        "server_rss_growth_mb": http["rss_growth_mb"],
+        "server_rss_growth_goal_mb": RSS_GROWTH_GOAL_MB,
+        "goals_met": ratio >= RATIO_GOAL and http["rss_growth_mb"] < RSS_GROWTH_GOAL_MB,
+    }
 
 
 def run(ctx: BenchContext) -> dict[str, Any]:
@@ -189,33 +244,12 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     freeze_site_month(cron, key, str(site.id), MONTH, FROZEN_AT)
     freeze_s = time.perf_counter() - started
 
+    figures = export_figures(settings, site.id, token, MONTH, ROWS)
     app_url = db.conninfo("app")
-    plain_rate, plain_bytes = _copy_rows_per_s(app_url, _PLAIN_COPY, (site.id, MONTH))
-    formatted_rate, _ = _copy_rows_per_s(app_url, export_copy_statement(), (site.id, MONTH))
-    previous_rate, _ = _copy_rows_per_s(app_url, export_copy_statement(neutralise=_previous_rule), (site.id, MONTH))
-    psql_rate = _psql_rows_per_s(app_url, _PLAIN_COPY, (site.id, MONTH))
-    baseline = max(plain_rate, psql_rate)  # the faster raw COPY is the bar
-
-    port = _free_port()
-    server = _serve(settings.database_url or "", settings.data_dir, port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            try:
-                if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("uvicorn did not become ready")
-            time.sleep(0.1)
-        http = _http_export(
-            url, {"site_id": str(site.id), "year_month": MONTH}, {"Authorization": f"Bearer {token}"}, server.pid
-        )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    formatted_rate = figures["copy_export_statement_rows_per_s"]
+    previous_rate, _ = _copy_rows_per_s(
+        app_url, export_copy_statement(neutralise=_previous_rule), (site.id, MONTH), ROWS
+    )
 
     packet_path = settings.data_dir / "bench-packet.zip"
     clock = ManualClock(FROZEN_AT + timedelta(days=2))
@@ -225,29 +259,18 @@ def run(ctx: BenchContext) -> dict[str, Any]:
     started = time.perf_counter()
     verification = verify_packet(packet_path, trusted_keys=[key.public_key.hex()])
     verify_s = time.perf_counter() - started
-    ratio = http["rows_per_s"] / baseline
     return {
         "rows": ROWS,
         "load_s": round(load_s, 2),
         "freeze_s": round(freeze_s, 2),
-        "copy_plain_rows_per_s": round(plain_rate),
-        "copy_psql_rows_per_s": round(psql_rate),
-        "copy_baseline_rows_per_s": round(baseline),
-        "copy_plain_bytes": plain_bytes,
-        "copy_export_statement_rows_per_s": round(formatted_rate),
+        **figures,
         "copy_export_statement_previous_rule_rows_per_s": round(previous_rate),
         "neutralisation_after_vs_before_ratio": round(formatted_rate / previous_rate, 3),
-        "http_rows_per_s": http["rows_per_s"],
-        "http_bytes": http["bytes"],
-        "http_vs_copy_ratio": round(ratio, 3),
-        "http_vs_copy_goal": RATIO_GOAL,
-        "server_rss_growth_mb": http["rss_growth_mb"],
-        "server_rss_growth_goal_mb": RSS_GROWTH_GOAL_MB,
         "packet_build_s": round(packet_s, 2),
         "packet_bytes": packet_path.stat().st_size,
         "packet_verify_s": round(verify_s, 2),
         "packet_verified": verification.ok,
         "disputed_keys": len(disputed),
-        "goals_met": ratio >= RATIO_GOAL and http["rss_growth_mb"] < RSS_GROWTH_GOAL_MB and verification.ok,
+        "goals_met": figures["goals_met"] and verification.ok,
         "site_id": str(uuid.UUID(str(site.id))),
     }

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+import psycopg.conninfo
 from psycopg import sql
 
 from kernel.db import embedded, migrations
@@ -45,4 +46,23 @@ class BenchContext:
         owner = role_conninfo(self.server, dbname=name)
         with psycopg.connect(owner) as conn:
             migrations.migrate(conn)
+        return self._settings(name)
+
+    def clone_database(self, template: Settings, suffix: str) -> Settings:
+        """A copy of a bench database (``CREATE DATABASE … TEMPLATE``; nobody may be connected to it)."""
+        source = str(psycopg.conninfo.conninfo_to_dict(template.database_url or "")["dbname"])
+        name = f"{source}_{suffix}"
+        with psycopg.connect(role_conninfo(self.server, dbname="postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(source)))
+        return self._settings(name)
+
+    def drop_database(self, settings: Settings) -> None:
+        """Drop a bench database and its data directory (big benchmarks give their disk back)."""
+        name = str(psycopg.conninfo.conninfo_to_dict(settings.database_url or "")["dbname"])
+        with psycopg.connect(role_conninfo(self.server, dbname="postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        shutil.rmtree(settings.data_dir, ignore_errors=True)
+
+    def _settings(self, name: str) -> Settings:
+        owner = role_conninfo(self.server, dbname=name)
         return Settings(database_url=owner, data_dir=self.data_dir / name, cron_secret="bench-secret-0123456789")  # noqa: S106 (bench-only server)
