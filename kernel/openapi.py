@@ -163,7 +163,17 @@ _H = {
         "`1`: the per-minute rate limit refused the request (never quota)",
         "string",
     ),
+    "scope": (
+        "x-opsmantik-ratelimit-scope",
+        "`site` or `client`: which rate-limit window refused the request (with x-opsmantik-ratelimit)",
+        "string",
+    ),
     "degraded": ("x-opsmantik-degraded", "`ratelimit_local`: Redis failed, limits run per process", "string"),
+    "outcome": (
+        "x-opsmantik-ledger-outcome",
+        "`not_written` or `unknown`: whether a failed ledger write is known to have written nothing",
+        "string",
+    ),
     "retry": ("Retry-After", "Whole seconds: to the next UTC month (quota) or to the window's end (rate)", "integer"),
     "expose": ("Access-Control-Expose-Headers", "The billing headers and Retry-After, for browser trackers", "string"),
     "request": ("x-request-id", "The request's id (the caller's when well-formed)", "string"),
@@ -212,10 +222,21 @@ def _sync_responses() -> dict[str, OpenAPIResponse]:
                     }  # type: ignore[arg-type]
                 )
             },
-            headers=_headers("exceeded", "remaining", "ratelimit", "retry", "dedup", "degraded"),
+            headers=_headers("exceeded", "remaining", "ratelimit", "scope", "retry", "dedup", "degraded"),
         ),
         "500": _json(
-            "ErrorBody", "The ledger write failed: nothing written, nothing published (`billing_gate_closed`)"
+            "ErrorBody",
+            "The ledger write failed (`billing_gate_closed`): nothing written and nothing published, or, with "
+            "error `ledger_outcome_unknown`, the database could not say (retry with the same event_id)",
+            "outcome",
+            "retry",
+            "degraded",
+        ),
+        "503": _json(
+            "ErrorBody",
+            "Too many credential lookups or rate-limit calls in flight (`lookup_busy`, `ratelimit_busy`); "
+            "nothing written, retry after Retry-After",
+            "retry",
         ),
     }
 

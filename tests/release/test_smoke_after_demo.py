@@ -39,14 +39,7 @@ def _demo_evidence(owner: str) -> list[tuple[Any, ...]]:
     "scheduler",
     [
         True,
-        pytest.param(
-            False,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the demo's cron history is on its simulated clock, so the watchtower counts cleanup overdue; "
-                "issue 12 §1 makes it true to the real clock (another lane): then this passes and strict fails",
-            ),
-        ),
+        False,
     ],
 )
 def test_smoke_passes_after_the_demo(pg_server: str, tmp_path: Path, scheduler: bool) -> None:
